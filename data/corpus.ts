@@ -86,16 +86,16 @@ export class CsvCorpusReader implements CorpusReader {
     }
     const [iTopic, iTitle, iQuestion, iAnswer] = CSV_COLUMNS.map((c) => index.get(norm(c))!);
     const name = basename(this.path);
+    const starts = recordStartLines(text);
     const out: CorpusRecord[] = [];
     for (let r = 1; r < rows.length; r++) {
       const { record, info } = rows[r];
-      // info.lines is the line where the record ends; the id uses the line where it starts.
-      const startLine = (rows[r - 1].info.lines ?? 0) + 1;
+      const startLine = starts.length === rows.length ? starts[r] : info.lines;
       const title = record[iTitle] ?? "";
       const question = record[iQuestion] ?? "";
       const user = title.trim() && question.trim() ? `${title}\n${question}` : title + question;
       out.push({
-        id: `${name}:${Math.min(startLine, info.lines)}`,
+        id: `${name}:${startLine}`,
         messages: [
           { role: "user", content: user },
           { role: "assistant", content: record[iAnswer] ?? "" },
@@ -108,6 +108,31 @@ export class CsvCorpusReader implements CorpusReader {
     }
     return out;
   }
+}
+
+/**
+ * 1-based line on which each CSV record starts (quote-aware; CRLF, LF or CR line ends; blank
+ * lines skipped, as the parser does).
+ */
+export function recordStartLines(text: string): number[] {
+  const starts: number[] = [];
+  let line = 1;
+  let inQuotes = false;
+  let atRecordStart = true;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (atRecordStart && c !== "\r" && c !== "\n") {
+      starts.push(line);
+      atRecordStart = false;
+    }
+    if (c === '"') inQuotes = !inQuotes;
+    else if (c === "\r" || c === "\n") {
+      if (c === "\r" && text[i + 1] === "\n") i++;
+      line++;
+      if (!inQuotes) atRecordStart = true;
+    }
+  }
+  return starts;
 }
 
 const ROLES: readonly ChatRole[] = ["system", "user", "assistant"];
