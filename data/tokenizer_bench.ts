@@ -1,3 +1,4 @@
+import type { BenchContext, BenchRow } from "../bench/harness.ts";
 /**
  * Tokenizer speed: encode the bundled Bengali sample (question and answer texts, one call
  * per text, as DatasetProcessor does) on one core. Reports ms per MB of UTF-8 input and
@@ -11,18 +12,7 @@ import { SAMPLE_CSV } from "./test_fixtures.ts";
 import { fixtureTokenizer } from "./test_fixtures.ts";
 import { LlamaTokenizer } from "./tokenizer.ts";
 
-/** One benchmark result row (same shape as bench/harness.ts's BenchRow). */
-export interface BenchRow {
-  name: string;
-  backend: string;
-  adapter: string;
-  shape: string;
-  ms: number;
-  tflops: number | null;
-  gbps: number | null;
-}
-
-export default async function bench(ctx: { quick: boolean }): Promise<BenchRow[]> {
+export default async function bench(ctx: BenchContext): Promise<BenchRow[]> {
   let tok: LlamaTokenizer;
   let which: string;
   try {
@@ -61,7 +51,7 @@ export default async function bench(ctx: { quick: boolean }): Promise<BenchRow[]
 }
 
 if (import.meta.main) {
-  for (const row of await bench({ quick: Deno.args.includes("--quick") })) {
+  for (const row of await bench({ gpus: [], quick: Deno.args.includes("--quick") })) {
     console.log(
       `${row.name} ${row.shape}: ${row.ms.toFixed(1)} ms/MB, ${(row.gbps! * 1000).toFixed(2)} MB/s`,
     );

@@ -1,0 +1,2 @@
+// Thin commands: argument parsing, progress display and errors for people.
+export {};

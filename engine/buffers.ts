@@ -1,0 +1,171 @@
+// GPU buffers with byte accounting, uploads and readbacks of f32 / f16 / u8 / u32 / i32 data.
+// f16 data travels as Uint16Array bit patterns: Dawn crashes on a Float16Array in writeBuffer.
+
+import type { Gpu } from "./gpu.ts";
+import type { MemoryCategory } from "./memory.ts";
+
+export type DType = "f32" | "f16" | "u8" | "u32" | "i32";
+
+export const DTYPE_BYTES: Record<DType, number> = { f32: 4, f16: 2, u8: 1, u32: 4, i32: 4 };
+
+const STORAGE = 0x80 | 0x04 | 0x08; // STORAGE | COPY_SRC | COPY_DST
+const MAP_READ_COPY_DST = 0x01 | 0x08;
+
+const accounted = new WeakMap<GPUBuffer, { gpu: Gpu; category: MemoryCategory; bytes: number }>();
+
+/** Rounds a byte size up to the 4-byte granularity that storage buffers and copies need. */
+export function paddedBytes(bytes: number): number {
+  return Math.max(4, Math.ceil(bytes / 4) * 4);
+}
+
+/** A storage buffer (also copy source and destination) counted in the gpu's memory ledger. */
+export function createBuffer(
+  gpu: Gpu,
+  bytes: number,
+  category: MemoryCategory,
+  label: string = category,
+  usage = STORAGE,
+): GPUBuffer {
+  const size = paddedBytes(bytes);
+  if (size > gpu.caps.limits.maxBufferSize) {
+    throw new RangeError(
+      `Buffer "${label}" needs ${size} bytes; ${gpu.name} allows at most ${gpu.caps.limits.maxBufferSize}.`,
+    );
+  }
+  const buffer = gpu.device.createBuffer({ size, usage, label });
+  accounted.set(buffer, { gpu, category, bytes: size });
+  gpu.memory.add(category, size);
+  return buffer;
+}
+
+/** Destroys a buffer made by createBuffer and takes it off the ledger. */
+export function releaseBuffer(buffer: GPUBuffer): void {
+  const entry = accounted.get(buffer);
+  if (entry) {
+    entry.gpu.memory.remove(entry.category, entry.bytes);
+    accounted.delete(buffer);
+  }
+  buffer.destroy();
+}
+
+type Uploadable = Float32Array | Uint16Array | Uint8Array | Uint32Array | Int32Array;
+
+function bytesOf(data: Uploadable): Uint8Array {
+  return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+}
+
+/** Writes data at a byte offset; odd sizes are padded to 4 bytes with zeros. */
+export function writeBuffer(gpu: Gpu, buffer: GPUBuffer, data: Uploadable, byteOffset = 0): void {
+  const bytes = bytesOf(data);
+  if (bytes.byteLength % 4 === 0) {
+    gpu.device.queue.writeBuffer(buffer, byteOffset, bytes);
+  } else {
+    const padded = new Uint8Array(paddedBytes(bytes.byteLength));
+    padded.set(bytes);
+    gpu.device.queue.writeBuffer(buffer, byteOffset, padded);
+  }
+}
+
+/** A new storage buffer holding `data`. */
+export function upload(
+  gpu: Gpu,
+  data: Uploadable,
+  category: MemoryCategory = "workspace",
+  label?: string,
+): GPUBuffer {
+  const buffer = createBuffer(gpu, data.byteLength, category, label);
+  writeBuffer(gpu, buffer, data);
+  return buffer;
+}
+
+/** Copies `bytes` from the start of a buffer back to the CPU. */
+export async function readBytes(gpu: Gpu, buffer: GPUBuffer, bytes = buffer.size): Promise<ArrayBuffer> {
+  const size = paddedBytes(bytes);
+  const staging = gpu.device.createBuffer({ size, usage: MAP_READ_COPY_DST, label: "readback" });
+  try {
+    const enc = gpu.device.createCommandEncoder();
+    enc.copyBufferToBuffer(buffer, 0, staging, 0, size);
+    gpu.device.queue.submit([enc.finish()]);
+    await staging.mapAsync(1 /* GPUMapMode.READ */);
+    gpu.throwIfFailed();
+    return staging.getMappedRange(0, size).slice(0, bytes);
+  } finally {
+    staging.destroy();
+  }
+}
+
+export async function readF32(gpu: Gpu, buffer: GPUBuffer, count: number): Promise<Float32Array> {
+  return new Float32Array(await readBytes(gpu, buffer, count * 4));
+}
+
+/** Reads f16 data and widens it to f32. */
+export async function readF16(gpu: Gpu, buffer: GPUBuffer, count: number): Promise<Float32Array> {
+  return Float32Array.from(new Float16Array(await readBytes(gpu, buffer, count * 2)));
+}
+
+export async function readU32(gpu: Gpu, buffer: GPUBuffer, count: number): Promise<Uint32Array> {
+  return new Uint32Array(await readBytes(gpu, buffer, count * 4));
+}
+
+export async function readI32(gpu: Gpu, buffer: GPUBuffer, count: number): Promise<Int32Array> {
+  return new Int32Array(await readBytes(gpu, buffer, count * 4));
+}
+
+export async function readU8(gpu: Gpu, buffer: GPUBuffer, count: number): Promise<Uint8Array> {
+  return new Uint8Array(await readBytes(gpu, buffer, count));
+}
+
+/** f16 bit patterns (round to nearest even) of the given numbers. */
+export function toF16Bits(values: ArrayLike<number>): Uint16Array {
+  const h = Float16Array.from(values as ArrayLike<number>);
+  return new Uint16Array(h.buffer);
+}
+
+/** The numbers that f16 storage actually holds for the given values. */
+export function roundToF16(values: ArrayLike<number>): Float64Array {
+  return Float64Array.from(Float16Array.from(values as ArrayLike<number>));
+}
+
+/** Uploads numbers as f16. */
+export function uploadF16(
+  gpu: Gpu,
+  values: ArrayLike<number>,
+  category: MemoryCategory = "workspace",
+  label?: string,
+): GPUBuffer {
+  return upload(gpu, toF16Bits(values), category, label);
+}
+
+/** Uploads numbers as f32. */
+export function uploadF32(
+  gpu: Gpu,
+  values: ArrayLike<number>,
+  category: MemoryCategory = "workspace",
+  label?: string,
+): GPUBuffer {
+  return upload(gpu, Float32Array.from(values as ArrayLike<number>), category, label);
+}
+
+/** Reads `count` elements of a buffer of the given dtype as numbers. */
+export function readAs(gpu: Gpu, buffer: GPUBuffer, dtype: DType, count: number): Promise<ArrayLike<number>> {
+  switch (dtype) {
+    case "f32":
+      return readF32(gpu, buffer, count);
+    case "f16":
+      return readF16(gpu, buffer, count);
+    case "u8":
+      return readU8(gpu, buffer, count);
+    case "u32":
+      return readU32(gpu, buffer, count);
+    case "i32":
+      return readI32(gpu, buffer, count);
+  }
+}
+
+/** Fills a buffer with NaN bit patterns (f32 0x7fc00000 or f16 0x7e00), so an element that a
+ * kernel forgets to write shows up in the test. */
+export function poison(gpu: Gpu, buffer: GPUBuffer, dtype: "f32" | "f16"): void {
+  const words = new Uint32Array(buffer.size / 4);
+  words.fill(dtype === "f32" ? 0x7fc00000 : 0x7e007e00);
+  gpu.device.queue.writeBuffer(buffer, 0, words);
+}

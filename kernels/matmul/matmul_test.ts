@@ -1,0 +1,123 @@
+import { createBuffer, poison, readAs, roundToF16, uploadF16, uploadF32 } from "../../engine/buffers.ts";
+import { Encoder } from "../../engine/encoder.ts";
+import type { Gpu } from "../../engine/gpu.ts";
+import { assertClose, gpuTest, relativeError, rms, Rng, testSeed } from "../../engine/testing.ts";
+import { matmul, MATMUL_LAYOUTS, type MatmulArgs, matmulUnsupported, type MatmulVariant } from "./matmul.ts";
+import { matmulRef } from "./matmul_ref.ts";
+
+// Ragged shapes: none is a multiple of the tiles (64 or 128, K step 16 or 32). The second group
+// keeps the contiguous dimensions at multiples of 8, which the tensor-core variant needs.
+const SHAPES: [number, number, number][] = [
+  [1, 1, 1],
+  [37, 53, 29],
+  [130, 70, 211],
+  [65, 129, 17],
+  [136, 72, 200],
+  [200, 264, 48],
+  [8, 8, 8],
+  [24, 40, 1000],
+];
+
+interface Case {
+  M: number;
+  N: number;
+  K: number;
+  layout: MatmulArgs["layout"];
+  out: "f16" | "f32";
+  acc: "f16" | "f32";
+  alpha: number;
+  beta: number;
+}
+
+async function runCase(gpu: Gpu, variant: MatmulVariant, cs: Case, rng: Rng): Promise<number> {
+  const { M, N, K, layout, out } = cs;
+  const a = roundToF16(rng.uniforms(M * K));
+  const b = roundToF16(rng.uniforms(N * K));
+  const c0 = out === "f16" ? roundToF16(rng.uniforms(M * N)) : Float64Array.from(rng.uniforms(M * N));
+  const aBuf = uploadF16(gpu, a);
+  const bBuf = uploadF16(gpu, b);
+  const cBuf = cs.beta !== 0
+    ? (out === "f16" ? uploadF16(gpu, c0) : uploadF32(gpu, c0))
+    : createBuffer(gpu, M * N * (out === "f16" ? 2 : 4), "workspace");
+  if (cs.beta === 0) poison(gpu, cBuf, out);
+  try {
+    const enc = new Encoder(gpu);
+    await matmul(enc, {
+      a: aBuf,
+      b: bBuf,
+      c: cBuf,
+      M,
+      N,
+      K,
+      layout,
+      out,
+      acc: cs.acc,
+      alpha: cs.alpha,
+      beta: cs.beta,
+      variant,
+    });
+    await enc.submit();
+    const got = await readAs(gpu, cBuf, out, M * N);
+    const want = matmulRef(a, b, M, N, K, layout, { alpha: cs.alpha, beta: cs.beta, c: c0 });
+    const scale = rms(want);
+    const label = `${variant} ${layout} ${M}x${N}x${K} acc ${cs.acc} out ${out}`;
+    if (cs.acc === "f16") {
+      // f16 accumulation: each partial sum is rounded to 11 bits, so the error grows with K.
+      const err = relativeError(got, want);
+      if (!(err < 2e-2)) throw new Error(`${label}: relative error ${err}`);
+      return err;
+    }
+    const tol = out === "f32"
+      ? { atol: 2e-5 * scale + 1e-6, rtol: 2e-5 }
+      : { atol: 2e-3 * scale + 1e-6, rtol: 1e-3 };
+    assertClose(got, want, { ...tol, label });
+    return relativeError(got, want);
+  } finally {
+    for (const buf of [aBuf, bBuf, cBuf]) buf.destroy();
+  }
+}
+
+for (const variant of ["tiled", "subgroup_matrix"] as MatmulVariant[]) {
+  await gpuTest(`matmul ${variant}: every layout on ragged shapes, f32 and f16 output`, async (gpu) => {
+    const seed = testSeed();
+    const rng = new Rng(seed);
+    let ran = 0;
+    for (const [M, N, K] of SHAPES) {
+      for (const layout of MATMUL_LAYOUTS) {
+        for (const out of ["f32", "f16"] as const) {
+          const cs: Case = { M, N, K, layout, out, acc: "f32", alpha: 1, beta: 0 };
+          if (matmulUnsupported(gpu.caps, cs, variant)) continue;
+          try {
+            await runCase(gpu, variant, cs, rng);
+          } catch (e) {
+            throw new Error(`seed ${seed}: ${(e as Error).message}`);
+          }
+          ran++;
+        }
+      }
+    }
+    if (ran === 0) {
+      const why = matmulUnsupported(gpu.caps, { M: 8, N: 8, K: 8, layout: "nt" }, variant);
+      console.log(`  ${variant} not available on ${gpu.name}: ${why}`);
+    }
+  });
+
+  await gpuTest(`matmul ${variant}: alpha, beta accumulation and f16 accumulators`, async (gpu) => {
+    const seed = testSeed();
+    const rng = new Rng(seed);
+    const cases: Case[] = [
+      { M: 72, N: 40, K: 88, layout: "tn", out: "f32", acc: "f32", alpha: 0.5, beta: 1 },
+      { M: 72, N: 40, K: 88, layout: "nt", out: "f16", acc: "f32", alpha: -2, beta: 0.25 },
+      { M: 136, N: 72, K: 200, layout: "nt", out: "f16", acc: "f16", alpha: 1, beta: 0 },
+      { M: 64, N: 48, K: 64, layout: "nn", out: "f32", acc: "f16", alpha: 1, beta: 0 },
+    ];
+    for (const cs of cases) {
+      if (matmulUnsupported(gpu.caps, cs, variant)) continue;
+      try {
+        await runCase(gpu, variant, cs, rng);
+      } catch (e) {
+        throw new Error(`seed ${seed}: ${(e as Error).message}`);
+      }
+    }
+  });
+}
