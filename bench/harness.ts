@@ -20,6 +20,9 @@ export interface BenchRow {
   gbps: number | null;
   /** Optional accuracy of the measured variant, ||out - ref|| / ||ref||. */
   relErr?: number;
+  /** Name of the reference row (e.g. "torch_matmul_nt", "copy_bandwidth") this row is compared
+   * with; by default the row of the same name and shape from another backend ("torch"). */
+  ref?: string;
 }
 
 export interface BenchContext {
@@ -36,7 +39,8 @@ export function gpuRow(
   name: string,
   shape: string,
   ms: number,
-  { flops = 0, bytes = 0, relErr }: { flops?: number; bytes?: number; relErr?: number } = {},
+  { flops = 0, bytes = 0, relErr, ref }: { flops?: number; bytes?: number; relErr?: number; ref?: string } =
+    {},
 ): BenchRow {
   const row: BenchRow = {
     name,
@@ -48,5 +52,6 @@ export function gpuRow(
     gbps: bytes > 0 ? bytes / (ms * 1e-3) / 1e9 : null,
   };
   if (relErr !== undefined) row.relErr = relErr;
+  if (ref !== undefined) row.ref = ref;
   return row;
 }

@@ -77,6 +77,7 @@ async function benchOne(gpu: Gpu, s: Shape, variant: MatmulVariant, acc: "f32" |
       flops: 2 * s.M * s.N * s.K,
       bytes: 2 * (s.M * s.K + s.N * s.K + s.M * s.N),
       relErr,
+      ref: `torch_matmul_${s.layout}`,
     });
   } finally {
     aBuf.destroy();
