@@ -1,0 +1,163 @@
+// Tensor-core NF4 dequant-matmul on subgroup matrices (f16 x f16 -> f32, 16x16x16 fragments).
+//   C[M,N] = alpha * A[M,K] · B[K,N] + beta * C[M,N]
+// Operands and W_TRANS as in nf4_matmul_tiled.wgsl. A (f16 activations [M,K]) is staged 8 halves
+// at a time, so K must be a multiple of 8; the weight is staged one code word (8 consecutive
+// elements of a row of W, all in one 64-block) at a time, so IN must be a multiple of 8.
+// Each staged W tile is dequantized into workgroup memory as f16 (never whole in memory); then
+// the product runs as in kernels/matmul/matmul_subgroup_matrix.wgsl: a workgroup of 4 subgroups
+// of 32 computes a 128x128 tile of C, each subgroup 64x64 (4x4 fragments), K in steps of 32.
+// Other edges are ragged: rows and K beyond the matrix read as zero and are never written.
+enable f16;
+enable chromium_experimental_subgroup_matrix;
+
+struct Params {
+  M: u32,
+  N: u32,
+  K: u32,
+  alpha: f32,
+  beta: f32,
+  IN: u32,
+}
+
+override W_TRANS: bool = true;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<vec4<u32>>; // 8 halves per element
+@group(0) @binding(2) var<storage, read> codes: array<u32>;
+@group(0) @binding(3) var<storage, read> absq: array<u32>;
+@group(0) @binding(4) var<storage, read> nested: array<f32>;
+@group(0) @binding(5) var<storage, read> dynmap: array<f32>;
+@group(0) @binding(6) var<storage, read_write> c: array<{{OUT}}>;
+
+const BM = 128u;
+const BN = 128u;
+const BK = 32u;
+const PAD = 8u;
+const TILE = 5120u; // max(128 * (32 + 8), 32 * (128 + 8)) halves
+
+const NF4 = array<u32, 16>(
+  0xbf800000u, 0xbf3239b1u, 0xbf066b30u, 0xbeca32a0u, 0xbe91a24du, 0xbe3d353fu, 0xbdba7871u, 0x00000000u,
+  0x3da2faffu, 0x3e24cae3u, 0x3e7c04ddu, 0x3ead033au, 0x3ee1a4b8u, 0x3f1007abu, 0x3f3913b3u, 0x3f800000u);
+
+var<workgroup> As: array<f16, TILE>;
+var<workgroup> Bs: array<f16, TILE>;
+var<workgroup> Cs: array<f32, 1024>; // one 16x16 fragment per subgroup for the epilogue
+var<workgroup> lut: array<f32, 16>;
+var<workgroup> dmap: array<f32, 256>;
+
+// A tile [BM x BK] (rows of p.K halves) into As with row stride BK + PAD.
+fn stageA(tid: u32, m0: u32, k0: u32) {
+  for (var v = tid; v < BM * (BK / 8u); v += 128u) {
+    let o = v / (BK / 8u);
+    let i = (v % (BK / 8u)) * 8u;
+    var w = vec4<u32>(0u);
+    if (m0 + o < p.M && k0 + i < p.K) { w = a[((m0 + o) * p.K + k0 + i) / 8u]; }
+    let s = o * (BK + PAD) + i;
+    let h0 = bitcast<vec2<f16>>(w.x);
+    let h1 = bitcast<vec2<f16>>(w.y);
+    let h2 = bitcast<vec2<f16>>(w.z);
+    let h3 = bitcast<vec2<f16>>(w.w);
+    As[s] = h0.x; As[s + 1u] = h0.y; As[s + 2u] = h1.x; As[s + 3u] = h1.y;
+    As[s + 4u] = h2.x; As[s + 5u] = h2.y; As[s + 6u] = h3.x; As[s + 7u] = h3.y;
+  }
+}
+
+// W tile dequantized into Bs: [n][k] (stride BK + PAD) for W_TRANS, [k][n] (stride BN + PAD)
+// otherwise; 512 code words of 8 elements, 4 per invocation.
+fn stageW(tid: u32, n0: u32, k0: u32) {
+  for (var v = tid; v < 512u; v += 128u) {
+    var o: u32; // row of W
+    var i: u32; // first of 8 columns of W
+    var s: u32;
+    var valid: bool;
+    if (W_TRANS) {
+      let r = v / (BK / 8u);
+      let cc = (v % (BK / 8u)) * 8u;
+      o = n0 + r;
+      i = k0 + cc;
+      valid = o < p.N && i < p.K;
+      s = r * (BK + PAD) + cc;
+    } else {
+      let r = v / (BN / 8u);
+      let cc = (v % (BN / 8u)) * 8u;
+      o = k0 + r;
+      i = n0 + cc;
+      valid = o < p.K && i < p.N;
+      s = r * (BN + PAD) + cc;
+    }
+    if (valid) {
+      let f = o * p.IN + i;
+      let word = codes[f >> 3u];
+      let blk = f >> 6u;
+      let aq = (absq[blk >> 2u] >> ((blk & 3u) * 8u)) & 0xffu;
+      let am = dmap[aq] * nested[1u + (blk >> 8u)] + nested[0];
+      for (var j = 0u; j < 8u; j++) {
+        let q = (word >> ((j / 2u) * 8u + select(0u, 4u, (j & 1u) == 0u))) & 0xfu;
+        Bs[s + j] = f16(lut[q] * am);
+      }
+    } else {
+      for (var j = 0u; j < 8u; j++) { Bs[s + j] = 0.0h; }
+    }
+  }
+}
+
+@compute @workgroup_size(128)
+fn main(
+  @builtin(workgroup_id) wg: vec3<u32>,
+  @builtin(local_invocation_index) tid: u32,
+) {
+  let sg = tid / 32u; // subgroups of 32 are consecutive invocations (the launcher checks the size)
+  let lane = tid % 32u;
+  let m0 = wg.y * BM;
+  let n0 = wg.x * BN;
+  let sm = (sg / 2u) * 64u;
+  let sn = (sg % 2u) * 64u;
+  if (tid < 16u) { lut[tid] = bitcast<f32>(NF4[tid]); }
+  dmap[tid] = dynmap[tid];
+  dmap[tid + 128u] = dynmap[tid + 128u];
+  workgroupBarrier();
+
+  var acc: array<subgroup_matrix_result<f32, 16, 16>, 16>;
+  for (var k0 = 0u; k0 < p.K; k0 += BK) {
+    stageA(tid, m0, k0);
+    stageW(tid, n0, k0);
+    workgroupBarrier();
+    for (var kk = 0u; kk < BK; kk += 16u) {
+      var left: array<subgroup_matrix_left<f16, 16, 16>, 4>;
+      var right: array<subgroup_matrix_right<f16, 16, 16>, 4>;
+      for (var i = 0u; i < 4u; i++) {
+        left[i] = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&As, (sm + i * 16u) * (BK + PAD) + kk, BK + PAD);
+      }
+      for (var j = 0u; j < 4u; j++) {
+        if (W_TRANS) { // Bs[n][k]
+          right[j] = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&Bs, (sn + j * 16u) * (BK + PAD) + kk, BK + PAD);
+        } else { // Bs[k][n]
+          right[j] = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&Bs, kk * (BN + PAD) + sn + j * 16u, BN + PAD);
+        }
+      }
+      for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < 4u; j++) {
+          acc[i * 4u + j] = subgroupMatrixMultiplyAccumulate(left[i], right[j], acc[i * 4u + j]);
+        }
+      }
+    }
+    workgroupBarrier();
+  }
+
+  for (var f = 0u; f < 16u; f++) {
+    subgroupMatrixStore<row_major>(&Cs, sg * 256u, acc[f], 16u);
+    workgroupBarrier();
+    let r0 = m0 + sm + (f / 4u) * 16u;
+    let c0 = n0 + sn + (f % 4u) * 16u;
+    for (var e = lane; e < 256u; e += 32u) {
+      let m = r0 + e / 16u;
+      let n = c0 + e % 16u;
+      if (m < p.M && n < p.N) {
+        var v = p.alpha * Cs[sg * 256u + e];
+        if (p.beta != 0.0) { v += p.beta * f32(c[m * p.N + n]); }
+        c[m * p.N + n] = {{OUT}}(v);
+      }
+    }
+    workgroupBarrier();
+  }
+}
