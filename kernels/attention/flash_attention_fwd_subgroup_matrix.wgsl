@@ -9,6 +9,7 @@
 // the invocations' f32 output registers after the rescale by exp(m_old - m_new).
 // D is a multiple of 16, at most 128. Rows past T are zero and never written.
 enable f16;
+enable subgroups;
 enable chromium_experimental_subgroup_matrix;
 
 struct Params {
@@ -51,7 +52,12 @@ fn put8(s: u32, w: vec4<u32>) {
 }
 
 @compute @workgroup_size(128)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+fn main(
+  @builtin(workgroup_id) wg: vec3<u32>,
+  @builtin(local_invocation_index) tid: u32,
+  @builtin(subgroup_id) sg: u32, // 0..3: subgroups of 32 (the launcher checks the size)
+  @builtin(subgroup_invocation_id) lane: u32,
+) {
   let T = p.T;
   let H = p.H;
   let KVH = p.KVH;
@@ -61,8 +67,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   let b = wg.z;
   let g = h / (H / KVH);
   let q0 = wg.x * BR;
-  let sg = tid / 32u; // subgroups of 32 are consecutive invocations (the launcher checks the size)
-  let lane = tid % 32u;
   let rr = lane / 2u; // this invocation's query row within the subgroup's 16
   let half = lane % 2u;
   let lrow = sg * 16u + rr;
@@ -150,9 +154,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
     }
   }
 
-  rowSum[tid] = l;
+  rowSum[sg * 32u + lane] = l;
   workgroupBarrier();
-  let total = l + rowSum[tid ^ 1u];
+  let total = l + rowSum[sg * 32u + (lane ^ 1u)];
   if (row < T) {
     let inv = 1.0 / total;
     let base = (((b * T + row) * H + h) * D + half * 8u) / 4u;
