@@ -1,0 +1,120 @@
+// Rotary position embedding, rotate-half form (Hugging Face Llama layout), on x [T, NH, D] where NH
+// is the number of heads of the tensor (H for q, KVH for k):
+//   for i < D/2, with a = positions[t] * inv_freq[i], c = cos(a), s = dir * sin(a):
+//     y[i]       = x[i] * c - x[i + D/2] * s
+//     y[i + D/2] = x[i + D/2] * c + x[i] * s
+// dir = +1 is the forward, dir = -1 the backward (rotation by the negative angle).
+// The angle is the exact product of the integer position and the f32 frequency, reduced modulo
+// 2*pi in f32 without rounding the product (the frequency is split into pieces of 7 significant
+// bits, whose products with positions below 2^17 are exact; Cody-Waite reduction), so cos and sin
+// see an argument in [-pi, pi] accurate to about 1e-6 even at position 131071.
+// One invocation rotates two adjacent pairs (vec2<f16> at i and at i + D/2), so D is a multiple of 4.
+// f16 in and out, f32 inside. The workgroup grid may be 2D (flat index wg.y * num_workgroups.x + wg.x).
+enable f16;
+
+struct Params {
+  T: u32,
+  NH: u32,
+  D: u32,
+  dir: f32,
+}
+
+const WG = 256u;
+// 2*pi = C1 + C2 + C3: C1 has 8 significant bits and C2 9, so k * C1 and k * C2 are exact for k < 2^15.
+const C1 = 6.28125;
+const C2 = 0.001934051513671875;
+const C3 = 1.2556658930407139e-06;
+const INV_2PI = 0.15915493667125702;
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+// inplace: x [T, NH, D] rotated in place, positions [T], inv_freq [D/2]
+@group(0) @binding(1) var<storage, read_write> i_x: array<vec2<f16>>;
+@group(0) @binding(2) var<storage, read> i_pos: array<u32>;
+@group(0) @binding(3) var<storage, read> i_freq: array<f32>;
+
+// out_of_place: x, positions, inv_freq, y [T, NH, D]
+@group(0) @binding(1) var<storage, read> o_x: array<vec2<f16>>;
+@group(0) @binding(2) var<storage, read> o_pos: array<u32>;
+@group(0) @binding(3) var<storage, read> o_freq: array<f32>;
+@group(0) @binding(4) var<storage, read_write> o_y: array<vec2<f16>>;
+
+fn reduce2pi(a: f32) -> f32 {
+  let k = round(a * INV_2PI);
+  return ((a - k * C1) - k * C2) - k * C3;
+}
+
+/** f truncated to 7 significant bits. */
+fn top7(f: f32) -> f32 {
+  return bitcast<f32>(bitcast<u32>(f) & 0xfffe0000u);
+}
+
+/** (cos, dir * sin) of pos * f, with the product taken exactly. */
+fn rotation(pos: u32, f: f32) -> vec2<f32> {
+  let fp = f32(pos);
+  let fh = top7(f);
+  let fm = top7(f - fh);
+  let fl = (f - fh) - fm;
+  let r = reduce2pi(reduce2pi(fp * fh) + reduce2pi(fp * fm) + fp * fl);
+  return vec2<f32>(cos(r), p.dir * sin(r));
+}
+
+struct Site {
+  lo: u32, // vec2 index of elements (i, i+1) in the first half
+  hi: u32, // vec2 index of elements (i + D/2, i + D/2 + 1)
+  t: u32,
+  i: u32,
+}
+
+fn site(wg: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> Site {
+  let idx = (wg.y * nwg.x + wg.x) * WG + lid.x;
+  let quarter = p.D / 4u;
+  let row = idx / quarter; // t * NH + h
+  let j = idx - row * quarter;
+  var s: Site;
+  s.lo = row * (p.D / 2u) + j;
+  s.hi = s.lo + quarter;
+  s.t = row / p.NH;
+  s.i = 2u * j;
+  return s;
+}
+
+fn rotate(a: vec2<f16>, b: vec2<f16>, r0: vec2<f32>, r1: vec2<f32>) -> array<vec2<f16>, 2> {
+  let x0 = vec2<f32>(a);
+  let x1 = vec2<f32>(b);
+  let c = vec2<f32>(r0.x, r1.x);
+  let s = vec2<f32>(r0.y, r1.y);
+  return array<vec2<f16>, 2>(vec2<f16>(x0 * c - x1 * s), vec2<f16>(x1 * c + x0 * s));
+}
+
+@compute @workgroup_size(WG)
+fn inplace(
+  @builtin(workgroup_id) wg: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+  let s = site(wg, nwg, lid);
+  if (s.t >= p.T) {
+    return;
+  }
+  let pos = i_pos[s.t];
+  let y = rotate(i_x[s.lo], i_x[s.hi], rotation(pos, i_freq[s.i]), rotation(pos, i_freq[s.i + 1u]));
+  i_x[s.lo] = y[0];
+  i_x[s.hi] = y[1];
+}
+
+@compute @workgroup_size(WG)
+fn out_of_place(
+  @builtin(workgroup_id) wg: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+  let s = site(wg, nwg, lid);
+  if (s.t >= p.T) {
+    return;
+  }
+  let pos = o_pos[s.t];
+  let y = rotate(o_x[s.lo], o_x[s.hi], rotation(pos, o_freq[s.i]), rotation(pos, o_freq[s.i + 1u]));
+  o_y[s.lo] = y[0];
+  o_y[s.hi] = y[1];
+}
