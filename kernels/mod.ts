@@ -2,3 +2,7 @@
 // know nothing of models.
 export * from "./matmul/matmul.ts";
 export * from "./attention/flash_attention.ts";
+export * from "./nf4/nf4.ts";
+export * from "./lora/lora.ts";
+export * from "./cross_entropy/cross_entropy.ts";
+export * from "./optim/optim.ts";
