@@ -6,3 +6,8 @@ export * from "./nf4/nf4.ts";
 export * from "./lora/lora.ts";
 export * from "./cross_entropy/cross_entropy.ts";
 export * from "./optim/optim.ts";
+export * from "./elementwise/elementwise.ts";
+export * from "./norm/rmsnorm.ts";
+export * from "./rope/rope.ts";
+export * from "./swiglu/swiglu.ts";
+export * from "./embedding/embedding.ts";
