@@ -1,0 +1,304 @@
+import {
+  createBuffer,
+  poison,
+  readF32,
+  readU32,
+  readU8,
+  upload,
+  uploadF32,
+  writeBuffer,
+} from "../../engine/buffers.ts";
+import { Encoder } from "../../engine/encoder.ts";
+import { assertClose, gpuTest, Rng, testSeed } from "../../engine/testing.ts";
+import {
+  adamw,
+  adamw8bit,
+  type AdamWHyper,
+  createAdamW8bitState,
+  createDynamicMap,
+  GRAD_STATS_BYTES,
+  gradClip,
+  gradStats,
+  gradStatsWorkspaceBytes,
+  type GradTensor,
+  gradUnscale,
+} from "./optim.ts";
+import { adamw8bitRef, adamwRef, clipFactorRef, gradStatsRef } from "./optim_ref.ts";
+
+Deno.test("optim: dynamic maps match bitsandbytes' create_dynamic_map", () => {
+  for (const vectorWidth of [0, 8, 16] as const) {
+    const s = createDynamicMap(true, { vectorWidth });
+    const u = createDynamicMap(false, { vectorWidth });
+    const where = `vectorWidth ${vectorWidth}`;
+    if (s.length !== 256 || u.length !== 256) throw new Error(`${where}: maps must have 256 entries`);
+    if (s[0] !== Math.fround(-0.99296875)) {
+      throw new Error(`${where}: signed min ${s[0]}, expected -0.99296875`);
+    }
+    if (s[127] !== 0) throw new Error(`${where}: signed map[127] = ${s[127]}, expected 0`);
+    if (s[255] !== 1) throw new Error(`${where}: signed max ${s[255]}, expected 1`);
+    if (u[0] !== 0 || u[255] !== 1) {
+      throw new Error(`${where}: unsigned map spans [${u[0]}, ${u[255]}], expected [0, 1]`);
+    }
+    for (const [name, map] of [["signed", s], ["unsigned", u]] as const) {
+      for (let i = 1; i < 256; i++) {
+        if (!(map[i] > map[i - 1])) throw new Error(`${where}: ${name} map not strictly increasing at ${i}`);
+      }
+    }
+    // Symmetric signed map: the negative half mirrors the positive half.
+    for (let i = 0; i < 127; i++) {
+      if (s[i] !== -s[254 - i]) throw new Error(`${where}: signed map[${i}] = ${s[i]} != -map[${254 - i}]`);
+    }
+    // Smallest entries: 10^-6 times the midpoint of linspace(0.1, 1, 2) and of linspace(0.1, 1, 3).
+    if (Math.abs(s[128] - 0.55e-6) > 1e-12) throw new Error(`${where}: signed map[128] = ${s[128]}`);
+    if (Math.abs(u[1] - 0.325e-6) > 1e-12) throw new Error(`${where}: unsigned map[1] = ${u[1]}`);
+  }
+});
+
+function hyper(step: number, rng: Rng): AdamWHyper {
+  return {
+    lr: 1e-3 * (1 + rng.next()),
+    beta1: 0.9,
+    beta2: 0.999,
+    eps: 1e-8,
+    weightDecay: 0.01 + 0.1 * rng.next(),
+    step,
+  };
+}
+
+await gpuTest("optim: AdamW f32 in torch and bitsandbytes order, three steps", async (gpu) => {
+  const seed = testSeed();
+  const rng = new Rng(seed);
+  const n = 3001;
+  for (const order of ["torch", "bitsandbytes"] as const) {
+    let p = rng.uniforms(n);
+    let m = new Float64Array(n);
+    let v = new Float64Array(n);
+    const pBuf = uploadF32(gpu, p);
+    const mBuf = uploadF32(gpu, m);
+    const vBuf = uploadF32(gpu, v);
+    const gBuf = createBuffer(gpu, n * 4, "workspace");
+    try {
+      for (const step of [1, 2, 10]) {
+        const g = rng.normals(n, 0.01);
+        writeBuffer(gpu, gBuf, Float32Array.from(g));
+        const h = hyper(step, rng);
+        const enc = new Encoder(gpu);
+        await adamw(enc, { param: pBuf, grad: gBuf, m: mBuf, v: vBuf, n, hyper: h, order });
+        await enc.submit();
+        const want = adamwRef(p, Float32Array.from(g), m, v, h, order);
+        const gotP = await readF32(gpu, pBuf, n);
+        const gotM = await readF32(gpu, mBuf, n);
+        const gotV = await readF32(gpu, vBuf, n);
+        const label = `seed ${seed}: adamw ${order} step ${step}`;
+        assertClose(gotM, want.m, { atol: 1e-9, rtol: 1e-5, label: `${label} m` });
+        assertClose(gotV, want.v, { atol: 1e-12, rtol: 1e-5, label: `${label} v` });
+        assertClose(gotP, want.param, { atol: 1e-6, rtol: 1e-6, label: `${label} param` });
+        // The next step starts from the GPU's own state.
+        p = Float64Array.from(gotP);
+        m = Float64Array.from(gotM);
+        v = Float64Array.from(gotV);
+      }
+    } finally {
+      for (const b of [pBuf, mBuf, vBuf, gBuf]) b.destroy();
+    }
+  }
+});
+
+await gpuTest("optim: AdamW 8-bit blockwise codes and params against float64", async (gpu) => {
+  const seed = testSeed();
+  const rng = new Rng(seed);
+  const mapM = createDynamicMap(true);
+  const mapV = createDynamicMap(false);
+  const n = 256 * 23 + 77; // a partial last block
+  const blocks = Math.ceil(n / 256);
+  const state = createAdamW8bitState(gpu, n);
+  const pBuf = uploadF32(gpu, rng.uniforms(n));
+  const gBuf = createBuffer(gpu, n * 4, "workspace");
+  // Random starting states: codes anywhere in the maps, absmax of several magnitudes; block 3 is
+  // all zero (absmax 0, zero gradients) and stays so.
+  const codesM = new Uint8Array(n).map(() => rng.int(256));
+  const codesV = new Uint8Array(n).map(() => rng.int(256));
+  const absM = new Float32Array(blocks).map(() => 10 ** rng.uniform(-4, -1));
+  const absV = new Float32Array(blocks).map(() => 10 ** rng.uniform(-8, -3));
+  absM[3] = 0;
+  absV[3] = 0;
+  writeBuffer(gpu, state.m, codesM);
+  writeBuffer(gpu, state.v, codesV);
+  writeBuffer(gpu, state.absmaxM!, absM);
+  writeBuffer(gpu, state.absmaxV!, absV);
+  let nearMidpoint = 0;
+  let total = 0;
+  try {
+    for (const step of [1, 2, 7]) {
+      const g = new Float32Array(rng.normals(n, 0.01));
+      // Tiny gradients make tiny m of both signs (the sign rule), and non-finite ones are skipped.
+      for (let i = 0; i < n; i += 17) g[i] *= 1e-6;
+      g[5] = NaN;
+      g[300] = Infinity;
+      g[n - 1] = -Infinity;
+      g.fill(0, 3 * 256, 4 * 256);
+      writeBuffer(gpu, gBuf, g);
+      const p0 = await readF32(gpu, pBuf, n);
+      const cm0 = await readU8(gpu, state.m, n);
+      const cv0 = await readU8(gpu, state.v, n);
+      const am0 = await readF32(gpu, state.absmaxM!, blocks);
+      const av0 = await readF32(gpu, state.absmaxV!, blocks);
+      const h = hyper(step, rng);
+      const enc = new Encoder(gpu);
+      await adamw8bit(enc, { param: pBuf, grad: gBuf, state, hyper: h });
+      await enc.submit();
+      const want = adamw8bitRef(p0, g, cm0, cv0, am0, av0, h, mapM, mapV);
+      const label = `seed ${seed}: adamw8bit step ${step}`;
+      assertClose(await readF32(gpu, pBuf, n), want.param, {
+        atol: 1e-6,
+        rtol: 1e-6,
+        label: `${label} param`,
+      });
+      assertClose(await readF32(gpu, state.absmaxM!, blocks), want.absmaxM, {
+        rtol: 1e-6,
+        label: `${label} absmax m`,
+      });
+      assertClose(await readF32(gpu, state.absmaxV!, blocks), want.absmaxV, {
+        rtol: 1e-6,
+        label: `${label} absmax v`,
+      });
+      for (
+        const [which, got, exp, norm, map] of [
+          ["m", await readU8(gpu, state.m, n), want.codesM, want.normM, mapM],
+          ["v", await readU8(gpu, state.v, n), want.codesV, want.normV, mapV],
+        ] as const
+      ) {
+        for (let i = 0; i < n; i++) {
+          total++;
+          if (got[i] === exp[i]) continue;
+          // f32 against f64: a value within 1e-6 (relative) of the midpoint of two neighbouring codes
+          // may land on either side.
+          const mid = (map[got[i]] + map[exp[i]]) / 2;
+          if (Math.abs(got[i] - exp[i]) === 1 && Math.abs(norm[i] - mid) <= 1e-6 * Math.abs(mid) + 1e-12) {
+            nearMidpoint++;
+            continue;
+          }
+          throw new Error(
+            `${label}: ${which} code [${i}] = ${got[i]}, expected ${exp[i]} (normalized value ${norm[i]}, ` +
+              `map ${map[got[i]]} vs ${map[exp[i]]})`,
+          );
+        }
+      }
+      // The zero block stays zero with bitsandbytes' codes for it.
+      const cm = await readU8(gpu, state.m, n);
+      if (cm[3 * 256] !== 255) throw new Error(`${label}: zero block m code ${cm[3 * 256]}, expected 255`);
+    }
+  } finally {
+    state.destroy();
+    pBuf.destroy();
+    gBuf.destroy();
+  }
+  if (nearMidpoint > 0) console.log(`  ${nearMidpoint} of ${total} codes off by one at a midpoint`);
+  if (nearMidpoint > total * 1e-3) {
+    throw new Error(`seed ${seed}: ${nearMidpoint} of ${total} codes off by one`);
+  }
+});
+
+await gpuTest("optim: AdamW 8-bit keeps f32 states for small tensors (bitsandbytes order)", async (gpu) => {
+  const seed = testSeed();
+  const rng = new Rng(seed);
+  const n = 1000;
+  const state = createAdamW8bitState(gpu, n);
+  if (state.quantized) throw new Error("a 1000-element tensor must keep f32 states");
+  const p = rng.uniforms(n);
+  const g = Float32Array.from(rng.normals(n, 0.01));
+  const pBuf = uploadF32(gpu, p);
+  const gBuf = upload(gpu, g);
+  try {
+    const h = hyper(1, rng);
+    const enc = new Encoder(gpu);
+    await adamw8bit(enc, { param: pBuf, grad: gBuf, state, hyper: h });
+    await enc.submit();
+    const want = adamwRef(
+      Float32Array.from(p),
+      g,
+      new Float64Array(n),
+      new Float64Array(n),
+      h,
+      "bitsandbytes",
+    );
+    assertClose(await readF32(gpu, pBuf, n), want.param, {
+      atol: 1e-6,
+      rtol: 1e-6,
+      label: `seed ${seed}: param`,
+    });
+    assertClose(await readF32(gpu, state.m, n), want.m, { atol: 1e-9, rtol: 1e-5, label: `seed ${seed}: m` });
+  } finally {
+    state.destroy();
+    pBuf.destroy();
+    gBuf.destroy();
+  }
+});
+
+await gpuTest("optim: gradient norm, non-finite flag, clipping and unscaling", async (gpu) => {
+  const seed = testSeed();
+  const rng = new Rng(seed);
+  // The 1.2M-element tensor needs more than the 1024 workgroups of one pass (a strided loop).
+  const sizes = [1, 1000, 4097, 1_200_003];
+  const data = sizes.map((n) => Float32Array.from(rng.normals(n, 0.1)));
+  const bufs = data.map((d) => upload(gpu, d));
+  const grads: GradTensor[] = bufs.map((buffer, i) => ({ buffer, n: sizes[i] }));
+  const partials = createBuffer(gpu, gradStatsWorkspaceBytes(grads), "workspace");
+  const stats = createBuffer(gpu, GRAD_STATS_BYTES, "workspace");
+  const run = async (fn: (enc: Encoder) => Promise<void>) => {
+    const enc = new Encoder(gpu);
+    await fn(enc);
+    await enc.submit();
+  };
+  const readStats = async () => ({
+    norm: (await readF32(gpu, stats, 1))[0],
+    flag: (await readU32(gpu, stats, 2))[1],
+  });
+  try {
+    // Unscale by a power of two is exact.
+    await run((enc) => gradUnscale(enc, { grads, lossScale: 1024 }));
+    for (let k = 0; k < sizes.length; k++) {
+      const want = Float64Array.from(data[k], (x) => x / 1024);
+      assertClose(await readF32(gpu, bufs[k], sizes[k]), want, {
+        label: `seed ${seed}: unscale ${sizes[k]}`,
+      });
+      data[k] = Float32Array.from(want);
+    }
+    poison(gpu, stats, "f32");
+    await run((enc) => gradStats(enc, { grads, partials, stats }));
+    const ref = gradStatsRef(data);
+    let got = await readStats();
+    assertClose([got.norm], [ref.norm], { rtol: 1e-5, label: `seed ${seed}: norm` });
+    if (got.flag !== 0) throw new Error(`seed ${seed}: non-finite flag ${got.flag} on finite gradients`);
+
+    // Clipping to a third of the norm, then to twice the (new) norm, which changes nothing.
+    const maxNorm = ref.norm / 3;
+    await run(async (enc) => {
+      await gradClip(enc, { grads, stats, maxNorm });
+      await gradStats(enc, { grads, partials, stats });
+      await gradClip(enc, { grads, stats, maxNorm: 2 * maxNorm });
+    });
+    const factor = clipFactorRef(ref.norm, maxNorm);
+    for (let k = 0; k < sizes.length; k++) {
+      const want = Float64Array.from(data[k], (x) => x * factor);
+      assertClose(await readF32(gpu, bufs[k], sizes[k]), want, {
+        rtol: 2e-6,
+        label: `seed ${seed}: clip ${sizes[k]}`,
+      });
+    }
+    got = await readStats();
+    assertClose([got.norm], [ref.norm * factor], { rtol: 1e-5, label: `seed ${seed}: clipped norm` });
+
+    // One infinity in the large tensor, a NaN in the small one: the flag is raised.
+    for (const [k, idx, value] of [[3, 654_321, Infinity], [1, 999, NaN]] as const) {
+      writeBuffer(gpu, bufs[k], new Float32Array([value]), idx * 4);
+      await run((enc) => gradStats(enc, { grads, partials, stats }));
+      got = await readStats();
+      if (got.flag !== 1) {
+        throw new Error(`seed ${seed}: non-finite flag ${got.flag} with ${value} in tensor ${k}`);
+      }
+    }
+  } finally {
+    for (const b of [...bufs, partials, stats]) b.destroy();
+  }
+});
