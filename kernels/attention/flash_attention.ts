@@ -1,6 +1,6 @@
 // The one launcher of the attention family: causal (or full) flash attention with grouped-query
 // heads, forward and backward, f16 storage with f32 softmax statistics and sums, on a portable
-// tiled kernel or, for the forward, on subgroup matrices (tensor cores) where the adapter has them.
+// tiled kernel or on subgroup matrices (tensor cores) where the adapter has them.
 // No [T, T] buffer ever exists: scores live one tile at a time in workgroup memory.
 //
 // Dimension letters: B sequences (each attends only within itself), T tokens per sequence,
@@ -18,6 +18,8 @@ import fwdCode from "./flash_attention_fwd.wgsl" with { type: "text" };
 import fwdSubgroupMatrixCode from "./flash_attention_fwd_subgroup_matrix.wgsl" with { type: "text" };
 import bwdDqCode from "./flash_attention_bwd_dq.wgsl" with { type: "text" };
 import bwdDkvCode from "./flash_attention_bwd_dkv.wgsl" with { type: "text" };
+import bwdDqSubgroupMatrixCode from "./flash_attention_bwd_dq_subgroup_matrix.wgsl" with { type: "text" };
+import bwdDkvSubgroupMatrixCode from "./flash_attention_bwd_dkv_subgroup_matrix.wgsl" with { type: "text" };
 
 const FWD = { file: "kernels/attention/flash_attention_fwd.wgsl", code: fwdCode };
 const FWD_SUBGROUP_MATRIX = {
@@ -26,9 +28,18 @@ const FWD_SUBGROUP_MATRIX = {
 };
 const BWD_DQ = { file: "kernels/attention/flash_attention_bwd_dq.wgsl", code: bwdDqCode };
 const BWD_DKV = { file: "kernels/attention/flash_attention_bwd_dkv.wgsl", code: bwdDkvCode };
+const BWD_DQ_SUBGROUP_MATRIX = {
+  file: "kernels/attention/flash_attention_bwd_dq_subgroup_matrix.wgsl",
+  code: bwdDqSubgroupMatrixCode,
+};
+const BWD_DKV_SUBGROUP_MATRIX = {
+  file: "kernels/attention/flash_attention_bwd_dkv_subgroup_matrix.wgsl",
+  code: bwdDkvSubgroupMatrixCode,
+};
 
-/** "portable": workgroup tiles, f32 math, no subgroups (runs everywhere, the backward's only
- * variant); "subgroup_matrix": forward on f16 x f16 -> f32 16x16x16 tensor-core fragments. */
+/** "portable": workgroup tiles, f32 math, no subgroups (runs everywhere); "subgroup_matrix":
+ * the products on f16 x f16 -> f32 16x16x16 tensor-core fragments (P and dS rounded to f16 for
+ * them), softmax and sums in f32; needs subgroups of exactly 32. */
 export type FlashAttentionVariant = "portable" | "subgroup_matrix";
 export type FlashAttentionPass = "forward" | "backward";
 
@@ -84,7 +95,10 @@ const WORKGROUP_BYTES = {
     portable: 3 * 16 * 128 * 2 + 16 * 16 * 4,
     subgroup_matrix: 64 * 136 * 2 + 64 * 40 * 2 + 64 * 32 * 4 + 512,
   },
-  backward: { portable: 4 * 16 * 128 * 2 + 2 * 16 * 16 * 4 + 2 * 16 * 4, subgroup_matrix: 0 },
+  backward: {
+    portable: 4 * 16 * 128 * 2 + 2 * 16 * 16 * 4 + 2 * 16 * 4,
+    subgroup_matrix: 64 * 136 * 2 + 2 * 64 * 32 * 4 + 2 * 64 * 40 * 2 + 2 * 32 * 4,
+  },
 };
 
 /** Bytes of the backward's delta workspace, f32 [B,H,T]. */
@@ -111,7 +125,6 @@ export function flashAttentionUnsupported(
   }
   if (B * T * H * D >= 2 ** 32) return `B*T*H*D = ${B * T * H * D} overflows the kernels' 32-bit indices`;
   if (variant === "subgroup_matrix") {
-    if (pass === "backward") return "the backward has only the portable variant";
     if (!hasTensorCores(caps)) {
       return `${caps.adapter} has no f16 16x16x16 subgroup matrices with subgroups of 32`;
     }
@@ -175,19 +188,27 @@ export async function flashAttentionForward(enc: Encoder, args: FlashAttentionFo
 /** Encodes the backward: delta and dq in one pass over query blocks, then dk and dv in one pass
  * over kv blocks (each summing its group's query heads); both recompute P from lse. */
 export async function flashAttentionBackward(enc: Encoder, args: FlashAttentionBackwardArgs): Promise<void> {
-  const variant = args.variant ?? "portable";
+  const variant = args.variant ?? pickFlashAttentionVariant(enc.gpu.caps, args, "backward");
   check(enc, args, variant, "backward");
   const B = args.B ?? 1;
   const p = params(args);
-  const dqPipeline = await enc.gpu.pipelines.get({ shader: BWD_DQ, constants: { D: args.D } });
+  const portable = variant === "portable";
+  const rows = portable ? 16 : 64;
+  const dqPipeline = await enc.gpu.pipelines.get({
+    shader: portable ? BWD_DQ : BWD_DQ_SUBGROUP_MATRIX,
+    constants: { D: args.D },
+  });
   enc.dispatch(dqPipeline, p, [args.q, args.k, args.v, args.o, args.dO, args.lse, args.dq, args.delta], [
-    Math.ceil(args.T / 16),
+    Math.ceil(args.T / rows),
     args.H,
     B,
   ]);
-  const dkvPipeline = await enc.gpu.pipelines.get({ shader: BWD_DKV, constants: { D: args.D } });
+  const dkvPipeline = await enc.gpu.pipelines.get({
+    shader: portable ? BWD_DKV : BWD_DKV_SUBGROUP_MATRIX,
+    constants: { D: args.D },
+  });
   enc.dispatch(dkvPipeline, p, [args.q, args.k, args.v, args.dO, args.lse, args.delta, args.dk, args.dv], [
-    Math.ceil(args.T / 16),
+    Math.ceil(args.T / rows),
     args.KVH,
     B,
   ]);

@@ -1,6 +1,8 @@
 // Flash attention forward and backward at the Llama-3.1-8B shape (T = 4096 tokens, 32 query heads,
 // 8 kv heads, head dim 128, causal; also T = 8192) and a small quick shape, with the relative
-// error of sampled rows against a float64 computation of the same rows.
+// error of sampled rows (o and lse; dq for the backward) against a float64 computation of them.
+// Rows `flash_attention_fwd` / `flash_attention_bwd` use the fastest variant the adapter has; where
+// that is not the portable one, `..._portable` rows follow.
 //
 // Flops counted as FlashAttention does: the forward is 4*T*T*H*D*B (two matrix products),
 // halved when causal; the backward is 2.5x the forward (five products instead of two).
@@ -152,29 +154,33 @@ async function benchShape(gpu: Gpu, s: Shape, quick: boolean): Promise<BenchRow[
       }));
     }
 
-    // The backward reads the forward's o and lse of the picked variant.
+    // The backward reads the forward's o and lse of the picked forward variant.
     const fenc = new Encoder(gpu);
     await flashAttentionForward(fenc, { ...shape, q, k, v, o, lse });
     await fenc.submit();
-    const bargs = { ...shape, q, k, v, o, lse, dO, dq, dk, dv, delta };
-    const t = await timeGpu(gpu, (enc) => flashAttentionBackward(enc, bargs), timing);
-    const benc = new Encoder(gpu);
-    await flashAttentionBackward(benc, bargs);
-    await benc.submit();
-    const got = await readAs(gpu, dq, "f16", nq);
-    const have: number[] = [];
-    const ref: number[] = [];
-    samples.forEach(([tt, h], i) => {
-      for (let d = 0; d < s.D; d++) {
-        have.push(got[(tt * s.H + h) * s.D + d]);
-        ref.push(want[i].dq[d]);
-      }
-    });
-    rows.push(gpuRow(gpu, "flash_attention_bwd", flashAttentionShapeString(s), t.ms, {
-      flops: 2.5 * fwdFlops,
-      bytes: 2 * (4 * nq + 4 * nk) + 4 * s.B * s.H * s.T,
-      relErr: relativeError(have, ref),
-    }));
+    const bestBwd = pickFlashAttentionVariant(gpu.caps, shape, "backward");
+    for (const variant of bestBwd === "portable" ? ["portable" as const] : [bestBwd, "portable" as const]) {
+      const bargs = { ...shape, q, k, v, o, lse, dO, dq, dk, dv, delta, variant };
+      const t = await timeGpu(gpu, (enc) => flashAttentionBackward(enc, bargs), timing);
+      const benc = new Encoder(gpu);
+      await flashAttentionBackward(benc, bargs);
+      await benc.submit();
+      const got = await readAs(gpu, dq, "f16", nq);
+      const have: number[] = [];
+      const ref: number[] = [];
+      samples.forEach(([tt, h], i) => {
+        for (let d = 0; d < s.D; d++) {
+          have.push(got[(tt * s.H + h) * s.D + d]);
+          ref.push(want[i].dq[d]);
+        }
+      });
+      const name = variant === bestBwd ? "flash_attention_bwd" : `flash_attention_bwd_${variant}`;
+      rows.push(gpuRow(gpu, name, flashAttentionShapeString(s), t.ms, {
+        flops: 2.5 * fwdFlops,
+        bytes: 2 * (4 * nq + 4 * nk) + 4 * s.B * s.H * s.T,
+        relErr: relativeError(have, ref),
+      }));
+    }
   } finally {
     for (const b of bufs) b.destroy();
   }
