@@ -15,6 +15,8 @@ import { elementwiseGrid } from "../elementwise/elementwise.ts";
 import ropeCode from "./rope.wgsl" with { type: "text" };
 
 const SHADER = { file: "kernels/rope/rope.wgsl", code: ropeCode };
+/** Heads one invocation rotates (HEADS_PER_THREAD in the shader). */
+const HEADS_PER_THREAD = 4;
 
 /** rope_scaling of type "llama3" from config.json. */
 export interface Llama3RopeScaling {
@@ -94,7 +96,12 @@ async function launch(enc: Encoder, args: RopeArgs, dir: number, what: string): 
   new Float32Array(params, 12, 1)[0] = dir;
   const buffers = [args.x, args.positions, args.invFreq];
   if (args.out) buffers.push(args.out);
-  enc.dispatch(pipeline, new Uint8Array(params), buffers, elementwiseGrid(enc.gpu.caps, (T * heads * D) / 4));
+  enc.dispatch(
+    pipeline,
+    new Uint8Array(params),
+    buffers,
+    elementwiseGrid(enc.gpu.caps, T * Math.ceil(heads / HEADS_PER_THREAD) * (D / 4)),
+  );
 }
 
 /** y = x * cos + rotate_half(x) * sin for each token's position. */

@@ -8,7 +8,8 @@
 // 2*pi in f32 without rounding the product (the frequency is split into pieces of 7 significant
 // bits, whose products with positions below 2^17 are exact; Cody-Waite reduction), so cos and sin
 // see an argument in [-pi, pi] accurate to about 1e-6 even at position 131071.
-// One invocation rotates two adjacent pairs (vec2<f16> at i and at i + D/2), so D is a multiple of 4.
+// One invocation rotates two adjacent pairs (vec2<f16> at i and at i + D/2), so D is a multiple of 4,
+// in up to HEADS_PER_THREAD heads of one token, which share cos and sin.
 // f16 in and out, f32 inside. The workgroup grid may be 2D (flat index wg.y * num_workgroups.x + wg.x).
 enable f16;
 
@@ -59,31 +60,33 @@ fn rotation(pos: u32, f: f32) -> vec2<f32> {
   return vec2<f32>(cos(r), p.dir * sin(r));
 }
 
+// Heads rotated by one invocation with the same cos and sin (the angle depends on t and i only).
+const HEADS_PER_THREAD = 4u;
+
 struct Site {
-  lo: u32, // vec2 index of elements (i, i+1) in the first half
-  hi: u32, // vec2 index of elements (i + D/2, i + D/2 + 1)
+  lo: u32, // vec2 index of elements (i, i+1) of the first head, in the first half
   t: u32,
   i: u32,
+  h0: u32, // first head
 }
 
 fn site(wg: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> Site {
   let idx = (wg.y * nwg.x + wg.x) * WG + lid.x;
   let quarter = p.D / 4u;
-  let row = idx / quarter; // t * NH + h
-  let j = idx - row * quarter;
+  let groups = (p.NH + HEADS_PER_THREAD - 1u) / HEADS_PER_THREAD;
+  let rest = idx / quarter; // t * groups + head group
+  let j = idx - rest * quarter;
   var s: Site;
-  s.lo = row * (p.D / 2u) + j;
-  s.hi = s.lo + quarter;
-  s.t = row / p.NH;
+  s.t = rest / groups;
+  s.h0 = (rest - s.t * groups) * HEADS_PER_THREAD;
+  s.lo = (s.t * p.NH + s.h0) * (p.D / 2u) + j;
   s.i = 2u * j;
   return s;
 }
 
-fn rotate(a: vec2<f16>, b: vec2<f16>, r0: vec2<f32>, r1: vec2<f32>) -> array<vec2<f16>, 2> {
+fn rotate(a: vec2<f16>, b: vec2<f16>, c: vec2<f32>, s: vec2<f32>) -> array<vec2<f16>, 2> {
   let x0 = vec2<f32>(a);
   let x1 = vec2<f32>(b);
-  let c = vec2<f32>(r0.x, r1.x);
-  let s = vec2<f32>(r0.y, r1.y);
   return array<vec2<f16>, 2>(vec2<f16>(x0 * c - x1 * s), vec2<f16>(x1 * c + x0 * s));
 }
 
@@ -98,9 +101,19 @@ fn inplace(
     return;
   }
   let pos = i_pos[s.t];
-  let y = rotate(i_x[s.lo], i_x[s.hi], rotation(pos, i_freq[s.i]), rotation(pos, i_freq[s.i + 1u]));
-  i_x[s.lo] = y[0];
-  i_x[s.hi] = y[1];
+  let r0 = rotation(pos, i_freq[s.i]);
+  let r1 = rotation(pos, i_freq[s.i + 1u]);
+  let c = vec2<f32>(r0.x, r1.x);
+  let sn = vec2<f32>(r0.y, r1.y);
+  let quarter = p.D / 4u;
+  for (var k = 0u; k < HEADS_PER_THREAD; k++) {
+    if (s.h0 + k < p.NH) {
+      let lo = s.lo + k * (p.D / 2u);
+      let y = rotate(i_x[lo], i_x[lo + quarter], c, sn);
+      i_x[lo] = y[0];
+      i_x[lo + quarter] = y[1];
+    }
+  }
 }
 
 @compute @workgroup_size(WG)
@@ -114,7 +127,17 @@ fn out_of_place(
     return;
   }
   let pos = o_pos[s.t];
-  let y = rotate(o_x[s.lo], o_x[s.hi], rotation(pos, o_freq[s.i]), rotation(pos, o_freq[s.i + 1u]));
-  o_y[s.lo] = y[0];
-  o_y[s.hi] = y[1];
+  let r0 = rotation(pos, o_freq[s.i]);
+  let r1 = rotation(pos, o_freq[s.i + 1u]);
+  let c = vec2<f32>(r0.x, r1.x);
+  let sn = vec2<f32>(r0.y, r1.y);
+  let quarter = p.D / 4u;
+  for (var k = 0u; k < HEADS_PER_THREAD; k++) {
+    if (s.h0 + k < p.NH) {
+      let lo = s.lo + k * (p.D / 2u);
+      let y = rotate(o_x[lo], o_x[lo + quarter], c, sn);
+      o_y[lo] = y[0];
+      o_y[lo + quarter] = y[1];
+    }
+  }
 }
