@@ -13,6 +13,17 @@ for (const backend of BACKENDS) {
       `${m.componentType}->${m.resultComponentType} ${m.M}x${m.N}x${m.K}`
     );
     console.log(`  subgroup matrices: ${mats.length ? mats.join(", ") : "none"}`);
+    const info = (await gpu.device.adapterInfo) ?? {};
+    console.log(
+      `  info: ${
+        JSON.stringify({
+          vendor: info.vendor,
+          architecture: info.architecture,
+          device: info.device,
+          description: info.description,
+        })
+      }`,
+    );
     console.log(`  limits: ${JSON.stringify(c.limits)}`);
     gpu.destroy();
   } catch (e) {

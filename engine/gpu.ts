@@ -138,9 +138,13 @@ function readSubgroupMatrixConfigs(info: GPUAdapterInfo): SubgroupMatrixConfig[]
   return out;
 }
 
+/** Dawn describes NVIDIA adapters by their driver ("NVIDIA: 580.159.04 ..."); the device name,
+ * where the adapter reports one, says more. */
 function adapterDescription(info: GPUAdapterInfo): string {
-  return info.description || [info.vendor, info.architecture, info.device].filter(Boolean).join(" ") ||
-    "unknown adapter";
+  const device = /[a-z]/i.test(info.device) ? info.device : "";
+  const description = info.description ?? "";
+  if (device && !description.includes(device)) return description ? `${device} (${description})` : device;
+  return description || [info.vendor, info.architecture].filter(Boolean).join(" ") || "unknown adapter";
 }
 
 /** A device on one adapter, with its capabilities, memory ledger and pipeline cache. */

@@ -160,13 +160,16 @@ let testGpus: Promise<Gpu[]> | undefined;
 const missingBackends: string[] = [];
 
 /** One device per backend that has an adapter, shared by all test files of the process.
- * REQUIRE_BACKENDS=dawn,deno turns a missing backend into a failure (CI sets it). */
+ * REQUIRE_BACKENDS=dawn,deno turns a missing backend into a failure (CI sets it);
+ * TEST_BACKENDS=dawn limits the tests to the backends named. */
 function openTestGpus(): Promise<Gpu[]> {
   testGpus ??= (async () => {
     const required = (Deno.env.get("REQUIRE_BACKENDS") ?? "").split(",").filter(Boolean);
     const adapter = Deno.env.get("TEST_ADAPTER") || undefined;
     const gpus: Gpu[] = [];
+    const only = (Deno.env.get("TEST_BACKENDS") ?? "").split(",").filter(Boolean);
     for (const backend of BACKENDS) {
+      if (only.length > 0 && !only.includes(backend)) continue;
       try {
         gpus.push(await openGpu({ backend, adapter }));
       } catch (e) {
@@ -175,7 +178,6 @@ function openTestGpus(): Promise<Gpu[]> {
         missingBackends.push(reason);
       }
     }
-    globalThis.addEventListener("unload", () => gpus.forEach((g) => g.destroy()));
     return gpus;
   })();
   return testGpus;

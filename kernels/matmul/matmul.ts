@@ -92,7 +92,12 @@ export async function matmul(enc: Encoder, args: MatmulArgs): Promise<void> {
   const pipeline = await enc.gpu.pipelines.get({
     shader: variant === "tiled" ? TILED : SUBGROUP_MATRIX,
     constants: { A_TRANS: t.a ? 1 : 0, B_TRANS: t.b ? 1 : 0 },
-    substitutions: { ACC: acc, OUT: args.out },
+    substitutions: variant === "tiled" ? { ACC: acc, OUT: args.out } : {
+      ACC: acc,
+      OUT: args.out,
+      A_LAYOUT: t.a ? "col_major" : "row_major",
+      B_LAYOUT: t.b ? "col_major" : "row_major",
+    },
   });
   const params = new ArrayBuffer(20);
   new Uint32Array(params, 0, 3).set([M, N, K]);
