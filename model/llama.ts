@@ -18,7 +18,8 @@
 // Several devices: layers are split into contiguous ranges, one per Gpu (the embedding on the first,
 // the final norm and lm_head on the last); activations and their gradients cross through host memory.
 
-import { createBuffer, readBytes, releaseBuffer, upload, writeBuffer } from "../engine/buffers.ts";
+import { createBuffer, readBytes, readF32, releaseBuffer, upload, writeBuffer } from "../engine/buffers.ts";
+import { matmul } from "../kernels/matmul/matmul.ts";
 import { Encoder } from "../engine/encoder.ts";
 import type { Gpu } from "../engine/gpu.ts";
 import type { MemoryReport } from "../engine/memory.ts";
@@ -635,6 +636,40 @@ export class Llama implements LlamaModel {
       return (await this.#head(out, labels, null)).loss;
     } finally {
       out.release();
+      for (const b of positions.values()) releaseBuffer(b);
+    }
+  }
+
+  /** The logits f32 [T, V] of every position (no dropout): for tests and small vocabularies; training
+   * never materializes them. */
+  async logits(ids: Int32Array): Promise<Float32Array> {
+    this.#checkInputs(ids, new Int32Array(ids.length).fill(CROSS_ENTROPY_IGNORE_INDEX));
+    await this.#castFactors();
+    const { out, positions } = await this.#forwardBlocks(ids, null, false);
+    const gpu = out.gpu;
+    const { hiddenSize: C, vocabSize: V, rmsNormEps: eps } = this.config;
+    const T = ids.length;
+    const tape = new Tape(gpu, false);
+    const result = createBuffer(gpu, T * V * 4, "workspace", "logits");
+    try {
+      const enc = new Encoder(gpu, { label: "logits" });
+      const normed = await rmsnorm(tape, enc, out, this.#finalNorm, eps, "final_norm");
+      await matmul(enc, {
+        a: normed.buffer,
+        b: this.#lmHead,
+        c: result,
+        M: T,
+        N: V,
+        K: C,
+        layout: "nt",
+        out: "f32",
+      });
+      await enc.submit();
+      return await readF32(gpu, result, T * V);
+    } finally {
+      tape.release();
+      out.release();
+      releaseBuffer(result);
       for (const b of positions.values()) releaseBuffer(b);
     }
   }
