@@ -1,0 +1,104 @@
+// The launcher of decode attention: one new query position per head attends over a KV cache
+// (generation with a KV cache), split over chunks of the cache as in flash-decoding so that a long
+// cache keeps every streaming multiprocessor busy: pass 1 computes each chunk's softmax-weighted
+// values and log-sum-exp for the query heads of one kv head (grouped-query heads share the read of
+// the cache), pass 2 merges the chunks of each head. f16 storage, f32 scores, softmax and sums.
+//
+// Dimension letters: H query heads, KVH kv heads (H a multiple of KVH, H / KVH at most 8),
+// D head dim, Tmax cache capacity, n valid cache rows (the positions 0..n-1), C = ceil(n / 128).
+//   q     f16 [H,D]         the new position's queries (after RoPE)
+//   k, v  f16 [Tmax,KVH,D]  the cache; rows n.. are never read
+//   out   f16 [H,D]         softmax(scale q·k[0..n)) v[0..n)
+//   part  f32 workspace     decodeAttentionWorkspaceBytes(H, D, n) bytes: o [H,C,D] then lse [H,C]
+// Query head h uses kv head floor(h / (H / KVH)); scale is 1/sqrt(D) by default.
+
+import type { Binding, Encoder } from "../../engine/encoder.ts";
+import type { Capabilities } from "../../engine/gpu.ts";
+import partialCode from "./decode_attention_partial.wgsl" with { type: "text" };
+import combineCode from "./decode_attention_combine.wgsl" with { type: "text" };
+
+const PARTIAL = { file: "kernels/attention/decode_attention_partial.wgsl", code: partialCode };
+const COMBINE = { file: "kernels/attention/decode_attention_combine.wgsl", code: combineCode };
+
+/** Cached positions per pass-1 workgroup. */
+export const DECODE_ATTENTION_CHUNK = 128;
+/** Largest head dim and largest number of query heads per kv head of the kernels. */
+export const DECODE_ATTENTION_MAX_D = 128;
+export const DECODE_ATTENTION_MAX_GROUP = 8;
+const WORKGROUP_BYTES = 8 * 32 * 16 + 8 * 128 * 4 + 8 * 16 * 4 + 16 * 4;
+
+export interface DecodeAttentionShape {
+  /** Valid cache rows, 1 <= n <= Tmax. */
+  n: number;
+  H: number;
+  KVH: number;
+  D: number;
+  /** Multiplies q·k before the softmax; 1/sqrt(D) when absent. */
+  scale?: number;
+}
+
+export interface DecodeAttentionArgs extends DecodeAttentionShape {
+  q: Binding;
+  k: Binding;
+  v: Binding;
+  /** Written: f16 [H,D]. */
+  out: Binding;
+  /** Workspace of at least decodeAttentionWorkspaceBytes(H, D, n) bytes. */
+  part: Binding;
+}
+
+/** Workspace bytes for a cache of n rows (size it once with n = Tmax). */
+export function decodeAttentionWorkspaceBytes(H: number, D: number, n: number): number {
+  const C = Math.ceil(n / DECODE_ATTENTION_CHUNK);
+  return H * C * (D + 1) * 4;
+}
+
+/** Why the kernels cannot run this shape on this adapter, or undefined when they can. */
+export function decodeAttentionUnsupported(
+  caps: Capabilities,
+  shape: DecodeAttentionShape,
+): string | undefined {
+  const { n, H, KVH, D } = shape;
+  if (!caps.f16) return `${caps.adapter} has no shader-f16`;
+  for (const [name, value] of Object.entries({ n, H, KVH, D })) {
+    if (!Number.isInteger(value) || value < 1) return `${name} = ${value} must be a positive integer`;
+  }
+  if (H % KVH !== 0) return `H = ${H} must be a multiple of KVH = ${KVH}`;
+  if (H / KVH > DECODE_ATTENTION_MAX_GROUP) {
+    return `H / KVH = ${H / KVH} query heads per kv head; at most ${DECODE_ATTENTION_MAX_GROUP}`;
+  }
+  if (D % 4 !== 0 || D > DECODE_ATTENTION_MAX_D) {
+    return `head dim D = ${D} must be a multiple of 4 and at most ${DECODE_ATTENTION_MAX_D}`;
+  }
+  if (n * KVH * D >= 2 ** 32) return `n*KVH*D = ${n * KVH * D} overflows the kernels' 32-bit indices`;
+  if (WORKGROUP_BYTES > caps.limits.maxComputeWorkgroupStorageSize) {
+    return `the kernel needs ${WORKGROUP_BYTES} bytes of workgroup memory; ${caps.adapter} allows ` +
+      `${caps.limits.maxComputeWorkgroupStorageSize}`;
+  }
+  return undefined;
+}
+
+/** Encodes out = softmax(scale q k[0..n)^T) v[0..n) for every query head: two dispatches. */
+export async function decodeAttention(enc: Encoder, args: DecodeAttentionArgs): Promise<void> {
+  const why = decodeAttentionUnsupported(enc.gpu.caps, args);
+  if (why) {
+    throw new Error(`decode attention n=${args.n} H=${args.H} KVH=${args.KVH} D=${args.D}: ${why}`);
+  }
+  const C = Math.ceil(args.n / DECODE_ATTENTION_CHUNK);
+  const need = decodeAttentionWorkspaceBytes(args.H, args.D, args.n);
+  const have = args.part.size;
+  if (have < need) {
+    throw new Error(
+      `decode attention n=${args.n}: workspace has ${have} bytes, needs ${need} ` +
+        `(allocate decodeAttentionWorkspaceBytes(H, D, Tmax))`,
+    );
+  }
+  const buf = new ArrayBuffer(20);
+  new Uint32Array(buf, 0, 4).set([args.n, args.H, args.KVH, C]);
+  new Float32Array(buf, 16, 1)[0] = args.scale ?? 1 / Math.sqrt(args.D);
+  const params = new Uint8Array(buf);
+  const partial = await enc.gpu.pipelines.get({ shader: PARTIAL, constants: { D: args.D } });
+  enc.dispatch(partial, params, [args.q, args.k, args.v, args.part], [C, args.KVH]);
+  const combine = await enc.gpu.pipelines.get({ shader: COMBINE, constants: { D: args.D } });
+  enc.dispatch(combine, params, [args.part, args.out], [args.H]);
+}

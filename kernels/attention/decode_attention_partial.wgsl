@@ -1,0 +1,117 @@
+// Decode attention, pass 1 (split-K, as flash-decoding): one query position per head against a
+// chunk of CHUNK cached positions, for the G = H / KVH query heads that share one kv head, so each
+// cached row of the group is read once.
+//   q f16 [H,D]; k, v f16 [Tmax,KVH,D] (the first n rows are valid);
+//   part f32: o [H,C,D] (the chunk's softmax-weighted v, normalized within the chunk), then
+//             lse [H,C] (natural-log sum of exp of the chunk's scaled scores), C = ceil(n / CHUNK).
+// Workgroup (c, g): 128 invocations. Scores: one invocation per cached position, dot products with
+// the G query rows held in workgroup memory. Then per-head max and sum over the chunk, and the
+// weighted sum of v with one invocation per (head, 4 columns), reading whole v rows together.
+// D is a multiple of 4, at most 128; G at most 8.
+enable f16;
+
+struct Params {
+  n: u32,
+  H: u32,
+  KVH: u32,
+  C: u32,
+  scale: f32,
+}
+
+override D: u32 = 128u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<vec4<f16>>;
+@group(0) @binding(2) var<storage, read> k: array<vec4<f16>>;
+@group(0) @binding(3) var<storage, read> v: array<vec4<f16>>;
+@group(0) @binding(4) var<storage, read_write> part: array<f32>;
+
+const CHUNK = 128u; // cached positions per workgroup (one per invocation)
+const MAXG = 8u;
+const MAXD4 = 32u;
+const NEG = -1.0e30;
+
+var<workgroup> Qs: array<vec4<f32>, MAXG * MAXD4>; // [head in group][D/4]
+var<workgroup> S: array<f32, MAXG * CHUNK>; // scores, then exp(score - max)
+var<workgroup> red: array<f32, MAXG * 16u>;
+var<workgroup> stat: array<f32, 2u * MAXG>; // max, then sum, per head
+
+@compute @workgroup_size(128)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+  let D4 = D / 4u;
+  let G = p.H / p.KVH;
+  let c = wg.x;
+  let g = wg.y;
+  let h0 = g * G;
+  let j0 = c * CHUNK;
+
+  for (var i = tid; i < G * D4; i += 128u) {
+    Qs[(i / D4) * MAXD4 + i % D4] = vec4<f32>(q[(h0 + i / D4) * D4 + i % D4]);
+  }
+  workgroupBarrier();
+
+  // Scores: invocation tid takes cached position j0 + tid for every head of the group.
+  let j = j0 + tid;
+  var dots: array<f32, MAXG>;
+  for (var hh = 0u; hh < MAXG; hh++) { dots[hh] = 0.0; }
+  if (j < p.n) {
+    let base = (j * p.KVH + g) * D4;
+    for (var d = 0u; d < D4; d++) {
+      let kx = vec4<f32>(k[base + d]);
+      for (var hh = 0u; hh < G; hh++) { dots[hh] += dot(Qs[hh * MAXD4 + d], kx); }
+    }
+  }
+  for (var hh = 0u; hh < G; hh++) { S[hh * CHUNK + tid] = select(NEG, dots[hh] * p.scale, j < p.n); }
+  workgroupBarrier();
+
+  // Max per head: 16 invocations per head each take 8 positions, then one invocation per head.
+  let rh = tid / 16u;
+  let rp = tid % 16u;
+  if (rh < G) {
+    var mx = NEG;
+    for (var t = rp * 8u; t < rp * 8u + 8u; t++) { mx = max(mx, S[rh * CHUNK + t]); }
+    red[rh * 16u + rp] = mx;
+  }
+  workgroupBarrier();
+  if (tid < G) {
+    var mx = NEG;
+    for (var t = 0u; t < 16u; t++) { mx = max(mx, red[tid * 16u + t]); }
+    stat[tid] = mx;
+  }
+  workgroupBarrier();
+  for (var hh = 0u; hh < G; hh++) {
+    let s = S[hh * CHUNK + tid];
+    S[hh * CHUNK + tid] = select(0.0, exp(s - stat[hh]), s > NEG);
+  }
+  workgroupBarrier();
+  if (rh < G) {
+    var sum = 0.0;
+    for (var t = rp * 8u; t < rp * 8u + 8u; t++) { sum += S[rh * CHUNK + t]; }
+    red[rh * 16u + rp] = sum;
+  }
+  workgroupBarrier();
+  if (tid < G) {
+    var sum = 0.0;
+    for (var t = 0u; t < 16u; t++) { sum += red[tid * 16u + t]; }
+    stat[MAXG + tid] = sum;
+    part[p.H * p.C * D + (h0 + tid) * p.C + c] = stat[tid] + log(sum);
+  }
+  workgroupBarrier();
+
+  // Weighted sum of v: invocation (head hh, column group d) over the chunk's positions.
+  let rows = min(CHUNK, p.n - j0);
+  for (var i = tid; i < G * D4; i += 128u) {
+    let hh = i / D4;
+    let d = i % D4;
+    var acc = vec4<f32>(0.0);
+    for (var t = 0u; t < rows; t++) {
+      acc = fma(vec4<f32>(S[hh * CHUNK + t]), vec4<f32>(v[((j0 + t) * p.KVH + g) * D4 + d]), acc);
+    }
+    let o = acc / stat[MAXG + hh];
+    let at = ((h0 + hh) * p.C + c) * D + d * 4u;
+    part[at] = o.x;
+    part[at + 1u] = o.y;
+    part[at + 2u] = o.z;
+    part[at + 3u] = o.w;
+  }
+}
