@@ -299,8 +299,9 @@ export async function swiglu(tape: Tape, enc: Encoder, g: Tensor, u: Tensor, lab
       n,
     });
     for (const [t, part] of [[g, dg], [u, du]] as const) {
-      await tape.accumulateGrad(enc, t, false, async (dst) => {
+      await tape.accumulateGrad(enc, t, false, (dst) => {
         enc.copy(part.buffer, 0, dst.buffer, 0, part.bytes);
+        return Promise.resolve();
       });
     }
   });
@@ -314,8 +315,9 @@ export async function add(tape: Tape, enc: Encoder, a: Tensor, b: Tensor, label:
   tape.record(label, async (enc) => {
     if (!out.grad) return;
     for (const t of [a, b]) {
-      await tape.accumulateGrad(enc, t, false, async (dst) => {
+      await tape.accumulateGrad(enc, t, false, (dst) => {
         enc.copy(out.grad!.buffer, 0, dst.buffer, 0, out.grad!.bytes);
+        return Promise.resolve();
       });
     }
   });

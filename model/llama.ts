@@ -730,7 +730,7 @@ function randomF16(rng: Rng, n: number, bound: number, center = 0): Uint16Array 
 /** Random weights for benchmarks and defaults: uniform with the std of HF's init (0.02), norms 1.
  * Large tensors repeat one random block of at most `maxFresh` values, so an 8B-shaped model builds
  * in seconds; every tensor is produced on the host one at a time. */
-export function randomSource(cfg: LlamaConfig, seed: number, maxFresh = 1 << 22): WeightSource {
+export function randomSource(seed: number, maxFresh = 1 << 22): WeightSource {
   const rng = new Rng(seed);
   const bound = 0.02 * Math.sqrt(3);
   return {
@@ -753,5 +753,5 @@ export function randomSource(cfg: LlamaConfig, seed: number, maxFresh = 1 << 22)
 
 /** A random model built directly on the GPU (no files): see randomSource. */
 export function randomLlama(cfg: LlamaConfig, seed: number, options: LlamaBuildOptions): Promise<Llama> {
-  return Llama.build(cfg, randomSource(cfg, seed), options);
+  return Llama.build(cfg, randomSource(seed), options);
 }

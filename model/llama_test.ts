@@ -115,7 +115,7 @@ for (const baseFormat of ["f16", "nf4"] as const) {
       await model.zeroGrads();
       const fb = await model.forwardBackward(ids, labels, 1, 0);
       const ref = await model.loss(ids, labels);
-      assert(fb.tokens === 17 && ref.tokens === 17, `tokens ${fb.tokens} ${ref.tokens}`);
+      assert(fb.tokens === 18 && ref.tokens === 18, `tokens ${fb.tokens} ${ref.tokens}`);
       assert(Math.abs(fb.nll - ref.nll) < 1e-3 * Math.abs(ref.nll), `fb ${fb.nll} vs loss ${ref.nll}`);
       const grads = await allGrads(model);
       const params = model.parameters();

@@ -14,7 +14,7 @@ Deno.test("safetensors: write then stream back, metadata, 8-byte header, no temp
   const b = Uint8Array.from([7, 8, 9]);
   await writeSafetensors(`${dir}/m.safetensors`, [
     { name: "a", dtype: "F32", shape: [2, 3], data: bytesOf(a) },
-    { name: "b", dtype: "U8", shape: [3], data: async () => b },
+    { name: "b", dtype: "U8", shape: [3], data: () => Promise.resolve(b) },
   ], { format: "pt" });
   assertEquals([...Deno.readDirSync(dir)].map((e) => e.name), ["m.safetensors"]);
   const raw = await Deno.readFile(`${dir}/m.safetensors`);
