@@ -1,6 +1,6 @@
 // `deno task bench`: runs every `*_bench.ts` family and prints one table.
 //
-//   deno task bench [--quick] [--json FILE] [--filter SUBSTRING] [--backend dawn|deno] [--adapter NAME]
+//   deno task bench [--quick] [--json FILE] [--filter SUBSTRING[,SUBSTRING...]] [--backend dawn|deno] [--adapter NAME]
 
 import { parseArgs } from "node:util";
 import { join, relative } from "node:path";
@@ -77,7 +77,8 @@ async function main(): Promise<void> {
   try {
     for await (const file of benchFiles(root)) {
       const rel = relative(root, file);
-      if (values.filter && !rel.includes(values.filter)) continue;
+      const filters = values.filter?.split(",").filter(Boolean) ?? [];
+      if (filters.length > 0 && !filters.some((f) => rel.includes(f))) continue;
       console.error(`bench: ${rel}`);
       const mod = await import(`file://${file}`) as { default?: BenchFn };
       if (typeof mod.default !== "function") throw new Error(`${rel} has no default-exported bench function`);

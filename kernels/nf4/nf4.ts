@@ -363,7 +363,9 @@ export async function nf4Matmul(enc: Encoder, args: Nf4MatmulArgs): Promise<void
   const pipeline = await enc.gpu.pipelines.get({
     shader: variant === "tiled" ? TILED : SUBGROUP_MATRIX,
     constants: { W_TRANS: mode === "fwd" ? 1 : 0 },
-    substitutions: { OUT: args.out },
+    substitutions: variant === "tiled"
+      ? { OUT: args.out }
+      : { OUT: args.out, W_LAYOUT: mode === "fwd" ? "col_major" : "row_major" },
   });
   const params = new ArrayBuffer(24);
   new Uint32Array(params, 0, 3).set([T, N, K]);

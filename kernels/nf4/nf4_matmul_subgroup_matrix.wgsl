@@ -8,6 +8,7 @@
 // of 32 computes a 128x128 tile of C, each subgroup 64x64 (4x4 fragments), K in steps of 32.
 // Other edges are ragged: rows and K beyond the matrix read as zero and are never written.
 enable f16;
+enable subgroups;
 enable chromium_experimental_subgroup_matrix;
 
 struct Params {
@@ -101,13 +102,29 @@ fn stageW(tid: u32, n0: u32, k0: u32) {
   }
 }
 
+// Writes one 16x16 result fragment at rows r0.., columns c0.. of C through the subgroup's scratch.
+fn writeFragment(frag: subgroup_matrix_result<f32, 16, 16>, r0: u32, c0: u32, sg: u32, lane: u32) {
+  subgroupMatrixStore<row_major>(&Cs, sg * 256u, frag, 16u);
+  workgroupBarrier();
+  for (var e = lane; e < 256u; e += 32u) {
+    let m = r0 + e / 16u;
+    let n = c0 + e % 16u;
+    if (m < p.M && n < p.N) {
+      var v = p.alpha * Cs[sg * 256u + e];
+      if (p.beta != 0.0) { v += p.beta * f32(c[m * p.N + n]); }
+      c[m * p.N + n] = {{OUT}}(v);
+    }
+  }
+  workgroupBarrier();
+}
+
 @compute @workgroup_size(128)
 fn main(
   @builtin(workgroup_id) wg: vec3<u32>,
   @builtin(local_invocation_index) tid: u32,
+  @builtin(subgroup_id) sg: u32, // 0..3: subgroups of 32 (the launcher checks the size)
+  @builtin(subgroup_invocation_id) lane: u32,
 ) {
-  let sg = tid / 32u; // subgroups of 32 are consecutive invocations (the launcher checks the size)
-  let lane = tid % 32u;
   let m0 = wg.y * BM;
   let n0 = wg.x * BN;
   let sm = (sg / 2u) * 64u;
@@ -117,47 +134,59 @@ fn main(
   dmap[tid + 128u] = dynmap[tid + 128u];
   workgroupBarrier();
 
-  var acc: array<subgroup_matrix_result<f32, 16, 16>, 16>;
+  // 16 accumulators as named values: an array of them indexed in loops may live in local memory.
+  var c00: subgroup_matrix_result<f32, 16, 16>; var c01: subgroup_matrix_result<f32, 16, 16>; var c02: subgroup_matrix_result<f32, 16, 16>; var c03: subgroup_matrix_result<f32, 16, 16>;
+  var c10: subgroup_matrix_result<f32, 16, 16>; var c11: subgroup_matrix_result<f32, 16, 16>; var c12: subgroup_matrix_result<f32, 16, 16>; var c13: subgroup_matrix_result<f32, 16, 16>;
+  var c20: subgroup_matrix_result<f32, 16, 16>; var c21: subgroup_matrix_result<f32, 16, 16>; var c22: subgroup_matrix_result<f32, 16, 16>; var c23: subgroup_matrix_result<f32, 16, 16>;
+  var c30: subgroup_matrix_result<f32, 16, 16>; var c31: subgroup_matrix_result<f32, 16, 16>; var c32: subgroup_matrix_result<f32, 16, 16>; var c33: subgroup_matrix_result<f32, 16, 16>;
+  let bStride = select(BN + PAD, BK + PAD, W_TRANS); // Bs is [n][k] for W_TRANS, else [k][n]
   for (var k0 = 0u; k0 < p.K; k0 += BK) {
     stageA(tid, m0, k0);
     stageW(tid, n0, k0);
     workgroupBarrier();
     for (var kk = 0u; kk < BK; kk += 16u) {
-      var left: array<subgroup_matrix_left<f16, 16, 16>, 4>;
-      var right: array<subgroup_matrix_right<f16, 16, 16>, 4>;
-      for (var i = 0u; i < 4u; i++) {
-        left[i] = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&As, (sm + i * 16u) * (BK + PAD) + kk, BK + PAD);
-      }
-      for (var j = 0u; j < 4u; j++) {
-        if (W_TRANS) { // Bs[n][k]
-          right[j] = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&Bs, (sn + j * 16u) * (BK + PAD) + kk, BK + PAD);
-        } else { // Bs[k][n]
-          right[j] = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&Bs, kk * (BN + PAD) + sn + j * 16u, BN + PAD);
-        }
-      }
-      for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) {
-          acc[i * 4u + j] = subgroupMatrixMultiplyAccumulate(left[i], right[j], acc[i * 4u + j]);
-        }
-      }
+      let a0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&As, (sm + 0u) * (BK + PAD) + kk, BK + PAD);
+      let a1 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&As, (sm + 16u) * (BK + PAD) + kk, BK + PAD);
+      let a2 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&As, (sm + 32u) * (BK + PAD) + kk, BK + PAD);
+      let a3 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&As, (sm + 48u) * (BK + PAD) + kk, BK + PAD);
+      let b0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, {{W_LAYOUT}}>(&Bs, select(kk * bStride + sn + 0u, (sn + 0u) * bStride + kk, W_TRANS), bStride);
+      let b1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, {{W_LAYOUT}}>(&Bs, select(kk * bStride + sn + 16u, (sn + 16u) * bStride + kk, W_TRANS), bStride);
+      let b2 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, {{W_LAYOUT}}>(&Bs, select(kk * bStride + sn + 32u, (sn + 32u) * bStride + kk, W_TRANS), bStride);
+      let b3 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, {{W_LAYOUT}}>(&Bs, select(kk * bStride + sn + 48u, (sn + 48u) * bStride + kk, W_TRANS), bStride);
+      c00 = subgroupMatrixMultiplyAccumulate(a0, b0, c00);
+      c01 = subgroupMatrixMultiplyAccumulate(a0, b1, c01);
+      c02 = subgroupMatrixMultiplyAccumulate(a0, b2, c02);
+      c03 = subgroupMatrixMultiplyAccumulate(a0, b3, c03);
+      c10 = subgroupMatrixMultiplyAccumulate(a1, b0, c10);
+      c11 = subgroupMatrixMultiplyAccumulate(a1, b1, c11);
+      c12 = subgroupMatrixMultiplyAccumulate(a1, b2, c12);
+      c13 = subgroupMatrixMultiplyAccumulate(a1, b3, c13);
+      c20 = subgroupMatrixMultiplyAccumulate(a2, b0, c20);
+      c21 = subgroupMatrixMultiplyAccumulate(a2, b1, c21);
+      c22 = subgroupMatrixMultiplyAccumulate(a2, b2, c22);
+      c23 = subgroupMatrixMultiplyAccumulate(a2, b3, c23);
+      c30 = subgroupMatrixMultiplyAccumulate(a3, b0, c30);
+      c31 = subgroupMatrixMultiplyAccumulate(a3, b1, c31);
+      c32 = subgroupMatrixMultiplyAccumulate(a3, b2, c32);
+      c33 = subgroupMatrixMultiplyAccumulate(a3, b3, c33);
     }
     workgroupBarrier();
   }
 
-  for (var f = 0u; f < 16u; f++) {
-    subgroupMatrixStore<row_major>(&Cs, sg * 256u, acc[f], 16u);
-    workgroupBarrier();
-    let r0 = m0 + sm + (f / 4u) * 16u;
-    let c0 = n0 + sn + (f % 4u) * 16u;
-    for (var e = lane; e < 256u; e += 32u) {
-      let m = r0 + e / 16u;
-      let n = c0 + e % 16u;
-      if (m < p.M && n < p.N) {
-        var v = p.alpha * Cs[sg * 256u + e];
-        if (p.beta != 0.0) { v += p.beta * f32(c[m * p.N + n]); }
-        c[m * p.N + n] = {{OUT}}(v);
-      }
-    }
-    workgroupBarrier();
-  }
+  writeFragment(c00, m0 + sm + 0u, n0 + sn + 0u, sg, lane);
+  writeFragment(c01, m0 + sm + 0u, n0 + sn + 16u, sg, lane);
+  writeFragment(c02, m0 + sm + 0u, n0 + sn + 32u, sg, lane);
+  writeFragment(c03, m0 + sm + 0u, n0 + sn + 48u, sg, lane);
+  writeFragment(c10, m0 + sm + 16u, n0 + sn + 0u, sg, lane);
+  writeFragment(c11, m0 + sm + 16u, n0 + sn + 16u, sg, lane);
+  writeFragment(c12, m0 + sm + 16u, n0 + sn + 32u, sg, lane);
+  writeFragment(c13, m0 + sm + 16u, n0 + sn + 48u, sg, lane);
+  writeFragment(c20, m0 + sm + 32u, n0 + sn + 0u, sg, lane);
+  writeFragment(c21, m0 + sm + 32u, n0 + sn + 16u, sg, lane);
+  writeFragment(c22, m0 + sm + 32u, n0 + sn + 32u, sg, lane);
+  writeFragment(c23, m0 + sm + 32u, n0 + sn + 48u, sg, lane);
+  writeFragment(c30, m0 + sm + 48u, n0 + sn + 0u, sg, lane);
+  writeFragment(c31, m0 + sm + 48u, n0 + sn + 16u, sg, lane);
+  writeFragment(c32, m0 + sm + 48u, n0 + sn + 32u, sg, lane);
+  writeFragment(c33, m0 + sm + 48u, n0 + sn + 48u, sg, lane);
 }
