@@ -53,34 +53,75 @@ export function parseLlamaConfig(raw: unknown, source = "config.json"): LlamaCon
       `${numKvHeads} does not divide num_attention_heads ${numHeads} (grouped-query attention needs it)`,
     );
   }
-  let ropeScaling: LlamaConfig["ropeScaling"] = null;
-  const rs = c.rope_scaling;
-  if (rs !== undefined && rs !== null) {
-    if (typeof rs !== "object") fail("rope_scaling", `is ${JSON.stringify(rs)}; expected an object or null`);
-    const r = rs as Record<string, unknown>;
+  // RoPE: transformers < 5 writes "rope_theta" and "rope_scaling" at the top level; transformers >= 5
+  // writes one "rope_parameters" object holding rope_type, rope_theta and the scaling fields.
+  const ropeScalingOf = (r: Record<string, unknown>, field: string): LlamaConfig["ropeScaling"] => {
     const type = r.rope_type ?? r.type;
-    if (type === "default") {
-      ropeScaling = null;
-    } else if (type !== "llama3") {
-      fail("rope_scaling.rope_type", `is ${JSON.stringify(type)}; only "llama3" (or "default") is supported`);
-    } else {
-      const n = (k: string): number => {
-        const v = r[k];
-        if (typeof v !== "number" || !Number.isFinite(v) || v <= 0) {
-          fail(`rope_scaling.${k}`, `is ${JSON.stringify(v)}; expected a positive number`);
-        }
-        return v as number;
-      };
-      ropeScaling = {
-        factor: n("factor"),
-        lowFreqFactor: n("low_freq_factor"),
-        highFreqFactor: n("high_freq_factor"),
-        originalMaxPositionEmbeddings: n("original_max_position_embeddings"),
-      };
-      if (ropeScaling.highFreqFactor <= ropeScaling.lowFreqFactor) {
-        fail("rope_scaling.high_freq_factor", "must be larger than low_freq_factor");
+    if (type === "default" || (type === undefined && field === "rope_parameters")) return null;
+    if (type !== "llama3") {
+      fail(`${field}.rope_type`, `is ${JSON.stringify(type)}; only "llama3" (or "default") is supported`);
+    }
+    const n = (k: string): number => {
+      const v = r[k];
+      if (typeof v !== "number" || !Number.isFinite(v) || v <= 0) {
+        fail(`${field}.${k}`, `is ${JSON.stringify(v)}; expected a positive number`);
+      }
+      return v as number;
+    };
+    const scaling = {
+      factor: n("factor"),
+      lowFreqFactor: n("low_freq_factor"),
+      highFreqFactor: n("high_freq_factor"),
+      originalMaxPositionEmbeddings: n("original_max_position_embeddings"),
+    };
+    if (scaling.highFreqFactor <= scaling.lowFreqFactor) {
+      fail(`${field}.high_freq_factor`, "must be larger than low_freq_factor");
+    }
+    return scaling;
+  };
+  const objectField = (field: string): Record<string, unknown> | undefined => {
+    const v = c[field];
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== "object" || Array.isArray(v)) {
+      fail(field, `is ${JSON.stringify(v)}; expected an object or null`);
+    }
+    return v as Record<string, unknown>;
+  };
+  let ropeScaling: LlamaConfig["ropeScaling"] = null;
+  let ropeTheta = num("rope_theta", 10000);
+  const rs = objectField("rope_scaling");
+  if (rs) ropeScaling = ropeScalingOf(rs, "rope_scaling");
+  const rp = objectField("rope_parameters");
+  if (rp) {
+    if (rp.rope_type === undefined && rp.type === undefined && rp.rope_theta === undefined) {
+      fail(
+        "rope_parameters",
+        `is ${
+          JSON.stringify(rp)
+        }; expected one object with rope_type and rope_theta (per-layer-type RoPE is not supported)`,
+      );
+    }
+    const scaling = ropeScalingOf(rp, "rope_parameters");
+    let theta = ropeTheta;
+    if (rp.rope_theta !== undefined) {
+      if (typeof rp.rope_theta !== "number" || !Number.isFinite(rp.rope_theta) || rp.rope_theta <= 0) {
+        fail("rope_parameters.rope_theta", `is ${JSON.stringify(rp.rope_theta)}; expected a positive number`);
+      }
+      theta = rp.rope_theta as number;
+      if (c.rope_theta !== undefined && c.rope_theta !== theta) {
+        fail("rope_theta", `is ${c.rope_theta} but rope_parameters.rope_theta is ${theta}; they must agree`);
       }
     }
+    if (rs && JSON.stringify(scaling) !== JSON.stringify(ropeScaling)) {
+      fail(
+        "rope_scaling",
+        `is ${JSON.stringify(rs)} but rope_parameters is ${
+          JSON.stringify(rp)
+        }; they must describe the same RoPE`,
+      );
+    }
+    ropeScaling = scaling;
+    ropeTheta = theta;
   }
   const eos = c.eos_token_id;
   let eosTokenIds: number[];
@@ -104,7 +145,7 @@ export function parseLlamaConfig(raw: unknown, source = "config.json"): LlamaCon
     headDim,
     vocabSize: int("vocab_size"),
     rmsNormEps: num("rms_norm_eps", 1e-6),
-    ropeTheta: num("rope_theta", 10000),
+    ropeTheta,
     ropeScaling,
     maxPositionEmbeddings: int("max_position_embeddings", 2048),
     tieWordEmbeddings: tie as boolean,

@@ -67,3 +67,42 @@ Deno.test("config: errors name the field and value", () => {
     /rope_scaling.factor/,
   );
 });
+
+Deno.test("config: transformers >= 5 layout (rope_parameters holds rope_theta and the llama3 scaling)", () => {
+  const { rope_theta: _theta, rope_scaling, ...rest } = HF_8B;
+  const v5 = { ...rest, rope_parameters: { ...rope_scaling, rope_theta: 500000 } };
+  assertEquals(parseLlamaConfig(v5), LLAMA31_8B);
+  // Both layouts at once must agree.
+  assertEquals(parseLlamaConfig({ ...HF_8B, rope_parameters: v5.rope_parameters }), LLAMA31_8B);
+  const plain = parseLlamaConfig({ ...rest, rope_parameters: { rope_type: "default", rope_theta: 10000 } });
+  assertEquals([plain.ropeTheta, plain.ropeScaling], [10000, null]);
+  throws(
+    () => parseLlamaConfig({ ...v5, rope_theta: 10000 }),
+    /"rope_theta" is 10000 but rope_parameters.rope_theta is 500000/,
+  );
+  throws(
+    () => parseLlamaConfig({ ...HF_8B, rope_parameters: { ...v5.rope_parameters, factor: 4 } }),
+    /"rope_scaling" .* they must describe the same RoPE/,
+  );
+  throws(
+    () => parseLlamaConfig({ ...rest, rope_parameters: { ...v5.rope_parameters, rope_type: "yarn" } }),
+    /rope_parameters.rope_type" is "yarn"/,
+  );
+  throws(
+    () => parseLlamaConfig({ ...rest, rope_parameters: { full_attention: v5.rope_parameters } }),
+    /per-layer-type RoPE is not supported/,
+  );
+});
+
+Deno.test("config: the golden fixture's config.json (written by transformers 5) keeps its llama3 RoPE", async () => {
+  const raw = JSON.parse(
+    await Deno.readTextFile(new URL("testdata/tiny_llama/config.json", import.meta.url)),
+  );
+  const c = parseLlamaConfig(raw);
+  assertEquals([c.ropeTheta, c.ropeScaling], [500000, {
+    factor: 8,
+    lowFreqFactor: 1,
+    highFreqFactor: 4,
+    originalMaxPositionEmbeddings: 8192,
+  }]);
+});
