@@ -18,7 +18,16 @@
 // Several devices: layers are split into contiguous ranges, one per Gpu (the embedding on the first,
 // the final norm and lm_head on the last); activations and their gradients cross through host memory.
 
-import { createBuffer, readBytes, readF32, releaseBuffer, upload, writeBuffer } from "../engine/buffers.ts";
+import {
+  createBuffer,
+  readAs,
+  readBytes,
+  readF16,
+  readF32,
+  releaseBuffer,
+  upload,
+  writeBuffer,
+} from "../engine/buffers.ts";
 import { matmul } from "../kernels/matmul/matmul.ts";
 import { Encoder } from "../engine/encoder.ts";
 import type { Gpu } from "../engine/gpu.ts";
@@ -446,6 +455,7 @@ export class Llama implements LlamaModel {
     x: Tensor,
     positions: GPUBuffer,
     seed: number | null,
+    seen?: Tensor[],
   ): Promise<Tensor> {
     const cfg = this.config;
     const dev = this.#devices.find((d) => layer.index >= d.first && layer.index < d.end)!;
@@ -473,7 +483,9 @@ export class Llama implements LlamaModel {
     const u = await linear(tape, enc, h2, p("up_proj"), `l${l}.up`, s(5));
     const sw = await swiglu(tape, enc, g, u, `l${l}.swiglu`);
     const dn = await linear(tape, enc, sw, p("down_proj"), `l${l}.down`, s(6));
-    return await add(tape, enc, x2, dn, `l${l}.resid2`);
+    const y = await add(tape, enc, x2, dn, `l${l}.resid2`);
+    seen?.push(h, q, k, v, qr, kr, o, ao, x2, h2, g, u, sw, dn, y);
+    return y;
   }
 
   /** Moves a tensor to another device through host memory (the source is released). */
@@ -497,6 +509,7 @@ export class Llama implements LlamaModel {
     ids: Int32Array,
     seed: number | null,
     keepInputs: boolean,
+    capture?: Map<string, Float32Array>,
   ): Promise<{ inputs: Tensor[]; out: Tensor; positions: Map<Gpu, GPUBuffer> }> {
     const T = ids.length;
     const C = this.config.hiddenSize;
@@ -517,13 +530,18 @@ export class Llama implements LlamaModel {
     });
     await enc0.submit();
     releaseBuffer(idsBuf);
+    if (capture) capture.set("x0", await readF16(g0, x.buffer, T * C));
     const inputs: Tensor[] = [];
     for (const layer of this.#layers) {
       x = await this.#transfer(x, layer.gpu);
       const tape = new Tape(layer.gpu, false);
       const enc = new Encoder(layer.gpu, { label: `block ${layer.index} forward` });
-      const y = tape.disown(await this.#block(tape, enc, layer, x, positions.get(layer.gpu)!, seed));
+      const seen: Tensor[] | undefined = capture ? [] : undefined;
+      const y = tape.disown(await this.#block(tape, enc, layer, x, positions.get(layer.gpu)!, seed, seen));
       await enc.submit();
+      for (const t of seen ?? []) {
+        capture!.set(t.label, Float32Array.from(await readAs(t.gpu, t.buffer, t.dtype, t.numel)));
+      }
       tape.release();
       if (keepInputs) inputs.push(x);
       else x.release();
@@ -641,11 +659,14 @@ export class Llama implements LlamaModel {
   }
 
   /** The logits f32 [T, V] of every position (no dropout): for tests and small vocabularies; training
-   * never materializes them. */
-  async logits(ids: Int32Array): Promise<Float32Array> {
+   * never materializes them. With `capture`, also every intermediate activation by name (for
+   * diagnostics against model/llama_ref.ts): "x0", then per layer l "l{l}.attn_norm", ".q", ".k", ".v",
+   * ".q_rope", ".k_rope", ".attn", ".o", ".resid1", ".mlp_norm", ".gate", ".up", ".swiglu", ".down",
+   * ".resid2", and "final_norm". */
+  async logits(ids: Int32Array, capture?: Map<string, Float32Array>): Promise<Float32Array> {
     this.#checkInputs(ids, new Int32Array(ids.length).fill(CROSS_ENTROPY_IGNORE_INDEX));
     await this.#castFactors();
-    const { out, positions } = await this.#forwardBlocks(ids, null, false);
+    const { out, positions } = await this.#forwardBlocks(ids, null, false, capture);
     const gpu = out.gpu;
     const { hiddenSize: C, vocabSize: V, rmsNormEps: eps } = this.config;
     const T = ids.length;
@@ -665,6 +686,7 @@ export class Llama implements LlamaModel {
         out: "f32",
       });
       await enc.submit();
+      if (capture) capture.set("final_norm", await readF16(gpu, normed.buffer, T * C));
       return await readF32(gpu, result, T * V);
     } finally {
       tape.release();
