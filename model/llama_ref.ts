@@ -11,12 +11,19 @@
 //     floor(h / (H / KVH)); x += o_proj(attn); h = rmsnorm(x) * w'; x += down(silu(gate(h)) * up(h))
 //   logits = rmsnorm(x) * w_final lm_head^T
 
+import { nf4DequantRef, nf4QuantizeRef } from "../kernels/nf4/nf4_ref.ts";
 import { ropeInvFreq } from "../kernels/rope/rope.ts";
 import { loadLlamaConfig } from "./config.ts";
 import { MODULE_PATH, moduleShape } from "./llama.ts";
 import { loadAdapterConfig } from "./peft.ts";
 import { decodeFloats, SafetensorsCheckpoint, type SafetensorsDType } from "./safetensors.ts";
-import { ALL_LORA_TARGETS, type LlamaConfig, type LoraTarget } from "./types.ts";
+import {
+  ALL_LORA_TARGETS,
+  type BaseFormat,
+  type LlamaConfig,
+  type LoraConfig,
+  type LoraTarget,
+} from "./types.ts";
 
 /** One LoRA factor pair: A [R, in], B [out, R], scaling s. */
 export interface RefLora {
@@ -261,4 +268,57 @@ export function compareActivations(
     if (first === undefined && !(error <= limit)) first = name;
   }
   return { rows, first };
+}
+
+/** The reference with the base weights the engine computes with: every tensor rounded to f16 (how the
+ * engine stores embeddings, norms, lm_head and f16 linear weights) and, for an NF4 base, each linear
+ * weight quantized to NF4 from its stored values and dequantized to f16 as the NF4 matmul stages it.
+ * LoRA factors are shared with `model`. */
+export function withEngineBase(model: RefModel, baseFormat: BaseFormat): RefModel {
+  const linear = new Set<string>();
+  for (let l = 0; l < model.config.numLayers; l++) {
+    for (const m of ALL_LORA_TARGETS) linear.add(`model.layers.${l}.${MODULE_PATH[m]}.weight`);
+  }
+  const weights = new Map<string, Float64Array>();
+  for (const [name, w] of model.weights) {
+    if (baseFormat === "nf4" && linear.has(name)) {
+      const m = ALL_LORA_TARGETS.find((t) => name.endsWith(`${MODULE_PATH[t]}.weight`))!;
+      const [out, inDim] = moduleShape(model.config, m);
+      weights.set(name, nf4DequantRef(nf4QuantizeRef(Float32Array.from(w), out, inDim)));
+    } else {
+      weights.set(name, Float64Array.from(Float16Array.from(w)));
+    }
+  }
+  return { config: model.config, weights, lora: model.lora };
+}
+
+/** Sets the reference's LoRA factors from PEFT-keyed values (e.g. the engine's f32 masters); every
+ * factor pair of `lora.targets` in every layer must be given. */
+export function setRefLora(
+  model: RefModel,
+  lora: LoraConfig,
+  factors: Map<string, ArrayLike<number>>,
+): void {
+  const scale = lora.useRslora ? lora.alpha / Math.sqrt(lora.r) : lora.alpha / lora.r;
+  model.lora.clear();
+  for (let l = 0; l < model.config.numLayers; l++) {
+    for (const m of lora.targets) {
+      const key = `base_model.model.model.layers.${l}.${MODULE_PATH[m]}`;
+      const get = (f: "A" | "B") => {
+        const v = factors.get(`${key}.lora_${f}.weight`);
+        if (!v) throw new Error(`setRefLora: no values for "${key}.lora_${f}.weight"`);
+        return Float64Array.from(v);
+      };
+      model.lora.set(`${l}.${m}`, { a: get("A"), b: get("B"), R: lora.r, scale });
+    }
+  }
+}
+
+/** Sum of the HF shifted NLL over the labelled positions (the engine's LossSum.nll), in float64. */
+export function refNllSum(model: RefModel, ids: ArrayLike<number>, labels: ArrayLike<number>): number {
+  let sum = 0;
+  for (const x of refTokenNll(llamaRefForward(model, ids), labels, model.config.vocabSize)) {
+    if (!Number.isNaN(x)) sum += x;
+  }
+  return sum;
 }
