@@ -52,11 +52,13 @@ async function benchShape(gpu: Gpu, T: number, inDim: number, out: number): Prom
       gpuRow(gpu, `lora_fwd_${name}`, shapeText, f.ms, {
         flops: 2 * T * inDim * out + lowRank,
         bytes: 2 * T * inDim + inDim * out / 2 + 2 * R * (inDim + out) + 2 * T * out,
+        ref: `torch_lora_fwd_${name}`,
       }),
       gpuRow(gpu, `lora_bwd_${name}`, shapeText, b.ms, {
         flops: 2 * T * inDim * out + 2 * lowRank,
         bytes: 2 * T * (inDim + out + R) + inDim * out / 2 + 2 * R * (inDim + out) + 2 * T * inDim +
           4 * R * (inDim + out),
+        ref: `torch_lora_bwd_${name}`,
       }),
     ];
   } finally {

@@ -105,6 +105,7 @@ async function benchMatmul(
         flops: 2 * T * inDim * out,
         bytes: 2 * T * K + inDim * out / 2 + 2 * T * N,
         relErr: nf4SampledError(host, x, got, T, mode),
+        ref: `torch_f16_matmul_${mode}_${inDim}x${out}`,
       },
     );
   } finally {
