@@ -713,6 +713,26 @@ export class Llama implements LlamaModel {
     writeBuffer(p.gpu, p.weight, values);
   }
 
+  /** The weights as the inference path (model/generate.ts) reads them, the LoRA adapters' f16 copies
+   * refreshed from their f32 masters first. The buffers stay owned by the model. */
+  async inferenceWeights(): Promise<LlamaInferenceWeights> {
+    if (this.#destroyed) throw new Error("Llama: the model was destroyed");
+    await this.#castFactors();
+    return {
+      embed: this.#embed,
+      finalNorm: this.#finalNorm,
+      lmHead: this.#lmHead,
+      layers: this.#layers.map((l) => ({
+        index: l.index,
+        gpu: l.gpu,
+        attnNorm: l.attnNorm,
+        mlpNorm: l.mlpNorm,
+        proj: { ...l.proj },
+        invFreq: this.#devices.find((d) => l.index >= d.first && l.index < d.end)!.invFreq,
+      })),
+    };
+  }
+
   destroy(): void {
     if (this.#destroyed) return;
     this.#destroyed = true;
@@ -776,4 +796,21 @@ export function randomSource(seed: number, maxFresh = 1 << 22): WeightSource {
 /** A random model built directly on the GPU (no files): see randomSource. */
 export function randomLlama(cfg: LlamaConfig, seed: number, options: LlamaBuildOptions): Promise<Llama> {
   return Llama.build(cfg, randomSource(seed), options);
+}
+
+/** What Llama.inferenceWeights hands out: embedding f16 [V, C] on the first device, final norm f16 [C]
+ * and lm_head f16 [V, C] on the last, and per layer its device, norms, projections (with LoRA) and
+ * the RoPE frequencies f32 [D/2] of its device. */
+export interface LlamaInferenceWeights {
+  embed: GPUBuffer;
+  finalNorm: GPUBuffer;
+  lmHead: GPUBuffer;
+  layers: {
+    index: number;
+    gpu: Gpu;
+    attnNorm: GPUBuffer;
+    mlpNorm: GPUBuffer;
+    proj: Record<LoraTarget, Linear>;
+    invFreq: GPUBuffer;
+  }[];
 }
