@@ -128,6 +128,54 @@ const RESUME_FIXED: (keyof TrainingConfig)[] = [
   "valFraction",
 ];
 
+/** Throws an error for people when a checkpoint's state cannot continue exactly under `config` with
+ * this training data. */
+export function checkResumable(
+  state: TrainerState,
+  config: TrainingConfig,
+  train: readonly TrainExample[],
+  dir: string,
+): void {
+  if (state.format !== 1) {
+    throw new Error(`${dir}/trainer_state.json: unknown checkpoint format ${state.format}.`);
+  }
+  for (const f of RESUME_FIXED) {
+    if (JSON.stringify(state.config[f]) !== JSON.stringify(config[f])) {
+      throw new Error(
+        `cannot resume exactly from ${dir}: training config field "${f}" was ` +
+          `${JSON.stringify(state.config[f])} there and is ${JSON.stringify(config[f])} now. ` +
+          `Use the checkpoint's training_config.json (--config ${join(dir, "training_config.json")}).`,
+      );
+    }
+  }
+  const fp = datasetFingerprint(train);
+  if (state.dataset.trainExamples !== train.length || state.dataset.fingerprint !== fp) {
+    throw new Error(
+      `cannot resume from ${dir}: its training data had ${state.dataset.trainExamples} examples ` +
+        `(fingerprint ${state.dataset.fingerprint}); now ${train.length} (${fp}). ` +
+        `Use the same --data, --tokenizer, --seed and --val-fraction as the run that wrote it.`,
+    );
+  }
+  if (state.step > config.maxSteps) {
+    throw new Error(
+      `cannot resume from ${dir}: it is at step ${state.step}, past maxSteps ${config.maxSteps}.`,
+    );
+  }
+}
+
+/** Reads a checkpoint's trainer_state.json. */
+export async function readTrainerState(dir: string): Promise<TrainerState> {
+  const statePath = join(dir, "trainer_state.json");
+  try {
+    return JSON.parse(await Deno.readTextFile(statePath));
+  } catch (e) {
+    throw new Error(
+      `${statePath}: cannot read the checkpoint's trainer state (${(e as Error).message}). ` +
+        `--resume takes a folder RUN/checkpoints/step-N written by a training run.`,
+    );
+  }
+}
+
 /** FNV-1a over the ids, lengths and labels count of the train examples, in order. */
 export function datasetFingerprint(train: readonly TrainExample[]): string {
   let h = 0x811c9dc5;
@@ -508,34 +556,8 @@ export class LLAMAFineTuner {
 
   /** Restores everything a checkpoint holds; the next trainStep() continues exactly. */
   async resume(dir: string): Promise<TrainerState> {
-    const statePath = join(dir, "trainer_state.json");
-    let state: TrainerState;
-    try {
-      state = JSON.parse(await Deno.readTextFile(statePath));
-    } catch (e) {
-      throw new Error(
-        `${statePath}: cannot read the checkpoint's trainer state (${(e as Error).message}). ` +
-          `--resume takes a folder RUN/checkpoints/step-N written by a training run.`,
-      );
-    }
-    if (state.format !== 1) throw new Error(`${statePath}: unknown checkpoint format ${state.format}.`);
-    for (const f of RESUME_FIXED) {
-      if (JSON.stringify(state.config[f]) !== JSON.stringify(this.config[f])) {
-        throw new Error(
-          `cannot resume exactly from ${dir}: training config field "${f}" was ` +
-            `${JSON.stringify(state.config[f])} there and is ${JSON.stringify(this.config[f])} now. ` +
-            `Use the checkpoint's training_config.json (--config ${join(dir, "training_config.json")}).`,
-        );
-      }
-    }
-    const fp = datasetFingerprint(this.#train);
-    if (state.dataset.trainExamples !== this.#train.length || state.dataset.fingerprint !== fp) {
-      throw new Error(
-        `cannot resume from ${dir}: its training data had ${state.dataset.trainExamples} examples ` +
-          `(fingerprint ${state.dataset.fingerprint}); now ${this.#train.length} (${fp}). ` +
-          `Use the same --data, --tokenizer, --seed and --val-fraction as the run that wrote it.`,
-      );
-    }
+    const state = await readTrainerState(dir);
+    checkResumable(state, this.config, this.#train, dir);
     await loadAdapter(this.model, dir);
     const path = join(dir, "optimizer.safetensors");
     const file = await SafetensorsFile.open(path);

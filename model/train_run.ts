@@ -24,7 +24,13 @@ import {
 import { checkOutDir } from "../data/fs_util.ts";
 import { LlamaTokenizer } from "../data/tokenizer.ts";
 import { loadLlamaConfig } from "./config.ts";
-import { type EvalResult, LLAMAFineTuner, type TrainExample } from "./fine_tuner.ts";
+import {
+  checkResumable,
+  type EvalResult,
+  LLAMAFineTuner,
+  readTrainerState,
+  type TrainExample,
+} from "./fine_tuner.ts";
 import {
   appendExperiment,
   type ExperimentEntry,
@@ -46,12 +52,12 @@ export const EXPERIMENTS_FILE = "LLAMAExperiments.json";
  * at a size a CPU trains in minutes. */
 export function embeddedModelConfig(tok: LlamaTokenizer): LlamaConfig {
   return {
-    hiddenSize: 128,
-    intermediateSize: 256,
+    hiddenSize: 256,
+    intermediateSize: 512,
     numLayers: 2,
     numHeads: 4,
     numKvHeads: 2,
-    headDim: 32,
+    headDim: 64,
     vocabSize: tok.vocabSize,
     rmsNormEps: 1e-5,
     ropeTheta: 500000,
@@ -206,6 +212,7 @@ export async function planRun(
       );
     }
     runDir = config.out ?? dirname(dirname(resolve(resume)));
+    checkResumable(await readTrainerState(resume), { ...config, out: runDir }, train, resume);
   } else {
     runDir = config.out ?? join("runs", timestamp());
     await checkOutDir(runDir, options.overwrite ?? false);

@@ -83,6 +83,12 @@ await gpuTest(
       if (JSON.stringify(metricsR.map((m) => m.loss)) !== JSON.stringify(metricsA.map((m) => m.loss))) {
         throw new Error("resumed metrics.jsonl differs from the straight run's");
       }
+      msg = "";
+      await planRun(demoConfig(runA, { "learning-rate": "2e-3" }), { resume: ckpt })
+        .catch((e) => (msg = (e as Error).message));
+      if (!msg.includes(`"learningRate"`)) {
+        throw new Error(`resume with another learning rate accepted: ${msg}`);
+      }
       const log2 = JSON.parse(await Deno.readTextFile(join(root, EXPERIMENTS_FILE)));
       if (log2.length !== 1) {
         throw new Error(

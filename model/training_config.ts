@@ -129,13 +129,13 @@ export const EMBEDDED_DEMO_OVERRIDES: Readonly<Partial<TrainingConfig>> = Object
   loraR: 16,
   loraAlpha: 32,
   maxSeqLength: 512,
-  maxSteps: 40,
-  sequencesPerStep: 4,
-  learningRate: 3e-3,
+  maxSteps: 24,
+  sequencesPerStep: 2,
+  learningRate: 1e-2,
   warmupRatio: 0.05,
-  evalEvery: 10,
-  evalMaxExamples: 8,
-  saveEvery: 20,
+  evalEvery: 8,
+  evalMaxExamples: 4,
+  saveEvery: 12,
 });
 
 type Kind = "string" | "string?" | "number" | "int" | "int?" | "boolean" | "targets" | `enum:${string}`;
