@@ -1,0 +1,675 @@
+// Text generation with a KV cache on the GPU engine.
+//
+// Dimension letters: T prompt tokens, C hidden, H heads, KVH kv heads, D head dim, I intermediate,
+// V vocabulary, R LoRA rank, Tmax cache capacity, n tokens in the cache.
+//
+// Per layer the cache holds the keys (after RoPE) and values of every position so far:
+//   k, v   f16 [Tmax, KVH, D]   rows 0..n-1 valid
+// Prefill (an empty cache, T prompt tokens), one encoder per layer, the training kernels:
+//   x = embed(ids) [T, C]; per layer: h = rmsnorm(x); q, k, v = linear(h) (NF4 or f16 base + LoRA);
+//   q, k = rope at positions 0..T-1; k, v copied into cache rows 0..T-1; o = flash_attention(q, k, v)
+//   (causal); x += o_proj(o); x += down(swiglu(gate(rmsnorm(x)), up(rmsnorm(x))))
+//   then the last row only: logits f32 [V] = rmsnorm(x[T-1]) lm_head^T, read back once.
+// Decode step (one token at position n), preallocated buffers, one encoder per device:
+//   the same kernels at T = 1, rope at position n, k and v copied into cache row n, and
+//   decode attention (kernels/attention/decode_attention.ts) of the one query over rows 0..n.
+// Sampling runs on the CPU (model/sampling.ts) from a seeded Rng. Layers spread over several
+// devices pass the hidden state [C] (or [T, C] in the prefill) through host memory.
+//
+// LoRA: applied in every linear (base product plus s·(x A^T) B^T), or, for an f16 base with
+// `merge`, folded once into private copies of the base weights: W' = W + s·B·A (f16).
+
+import { createBuffer, readBytes, readF32, releaseBuffer, upload, writeBuffer } from "../engine/buffers.ts";
+import { Encoder } from "../engine/encoder.ts";
+import type { Gpu } from "../engine/gpu.ts";
+import { add, attention, type Linear, linear, rmsnorm, rope, swiglu } from "../engine/ops.ts";
+import { Rng } from "../engine/rng.ts";
+import { Tape } from "../engine/tape.ts";
+import { Tensor } from "../engine/tensor.ts";
+import { decodeAttention, decodeAttentionWorkspaceBytes } from "../kernels/attention/decode_attention.ts";
+import { residualAdd } from "../kernels/elementwise/elementwise.ts";
+import { checkEmbeddingIds, embeddingForward } from "../kernels/embedding/embedding.ts";
+import { loraForward } from "../kernels/lora/lora.ts";
+import { matmul } from "../kernels/matmul/matmul.ts";
+import { nf4Matmul } from "../kernels/nf4/nf4.ts";
+import { rmsnormForward } from "../kernels/norm/rmsnorm.ts";
+import { ropeForward } from "../kernels/rope/rope.ts";
+import { swigluForward } from "../kernels/swiglu/swiglu.ts";
+import type { ChatMessage, ChatTemplate } from "../data/chat_template.ts";
+import { encodePrompt } from "../data/chat_template.ts";
+import type { LlamaTokenizer } from "../data/tokenizer.ts";
+import type { Llama, LlamaInferenceWeights } from "./llama.ts";
+import { isStopToken, type SamplingOptions, TokenSampler } from "./sampling.ts";
+import { ALL_LORA_TARGETS, type LlamaConfig, type LoraTarget } from "./types.ts";
+
+export const DEFAULT_MAX_NEW_TOKENS = 256;
+/** Cache rows when the caller does not say (bounded by the model's max_position_embeddings). */
+export const DEFAULT_CACHE_TOKENS = 4096;
+/** Prompt tokens beyond the cached prefix fed one decode step at a time; more re-run the prefill. */
+const MAX_INCREMENTAL_TOKENS = 64;
+
+export interface KvCacheOptions {
+  /** Cache capacity Tmax (prompt plus generated tokens); DEFAULT_CACHE_TOKENS by default. */
+  maxTokens?: number;
+  /** Fold each LoRA adapter into a private f16 copy of its base weight (f16 base only). */
+  merge?: boolean;
+}
+
+interface LayerState {
+  index: number;
+  gpu: Gpu;
+  attnNorm: GPUBuffer;
+  mlpNorm: GPUBuffer;
+  invFreq: GPUBuffer;
+  proj: Record<LoraTarget, Linear>;
+  /** f16 [Tmax, KVH, D] each. */
+  k: GPUBuffer;
+  v: GPUBuffer;
+}
+
+/** The T = 1 workspace of one device. */
+interface DeviceState {
+  gpu: Gpu;
+  layers: LayerState[];
+  /** f16 [C]: the residual stream of the decoded token. */
+  x: GPUBuffer;
+  h: GPUBuffer; // f16 [C]
+  q: GPUBuffer; // f16 [H*D]
+  qr: GPUBuffer; // f16 [H*D]
+  k: GPUBuffer; // f16 [KVH*D]
+  kr: GPUBuffer; // f16 [KVH*D]
+  v: GPUBuffer; // f16 [KVH*D]
+  o: GPUBuffer; // f16 [H*D]
+  c: GPUBuffer; // f16 [C]: o_proj and down outputs
+  g: GPUBuffer; // f16 [I]
+  up: GPUBuffer; // f16 [I]
+  sw: GPUBuffer; // f16 [I]
+  u: GPUBuffer; // f16 [R] LoRA intermediate
+  rstd: GPUBuffer; // f32 [1]
+  pos: GPUBuffer; // u32 [1]
+  part: GPUBuffer; // decode attention workspace for n = Tmax
+}
+
+function bytesPerRow(cfg: LlamaConfig): number {
+  return cfg.numKvHeads * cfg.headDim * 2;
+}
+
+/** A Llama with per-layer KV caches: prefill a prompt, then one token per step. */
+export class KvCacheModel {
+  readonly config: LlamaConfig;
+  readonly capacity: number;
+  readonly merged: boolean;
+  #weights: LlamaInferenceWeights;
+  #devices: DeviceState[] = [];
+  #owned: GPUBuffer[] = [];
+  #ids: number[] = [];
+  #logits!: GPUBuffer;
+  #idBuf!: GPUBuffer;
+  #destroyed = false;
+
+  private constructor(
+    config: LlamaConfig,
+    weights: LlamaInferenceWeights,
+    capacity: number,
+    merged: boolean,
+  ) {
+    this.config = config;
+    this.#weights = weights;
+    this.capacity = capacity;
+    this.merged = merged;
+  }
+
+  /** Allocates the caches and the decode workspace for `model` (which must outlive this object). With
+   * `merge`, LoRA is folded into f16 copies of the base weights (f16 base only). */
+  static async create(model: Llama, options: KvCacheOptions = {}): Promise<KvCacheModel> {
+    const cfg = model.config;
+    const capacity = options.maxTokens ?? Math.min(DEFAULT_CACHE_TOKENS, cfg.maxPositionEmbeddings);
+    if (!Number.isInteger(capacity) || capacity < 1 || capacity > cfg.maxPositionEmbeddings) {
+      throw new RangeError(
+        `KV cache of ${capacity} tokens: give a whole number in [1, max_position_embeddings = ` +
+          `${cfg.maxPositionEmbeddings}]`,
+      );
+    }
+    const merge = options.merge ?? false;
+    if (merge && model.baseFormat !== "f16") {
+      throw new Error(
+        `merging LoRA into the base needs an f16 base; this model's base is ${model.baseFormat} ` +
+          `(NF4 cannot take W + s·B·A without re-quantizing). Generate unmerged, or load the base as f16.`,
+      );
+    }
+    const weights = await model.inferenceWeights();
+    const kv = new KvCacheModel(cfg, weights, capacity, merge && model.lora.targets.length > 0);
+    try {
+      await kv.#allocate(merge);
+    } catch (e) {
+      kv.destroy();
+      throw e;
+    }
+    return kv;
+  }
+
+  #keep(b: GPUBuffer): GPUBuffer {
+    this.#owned.push(b);
+    return b;
+  }
+
+  async #allocate(merge: boolean): Promise<void> {
+    const cfg = this.config;
+    const { hiddenSize: C, numHeads: H, numKvHeads: KVH, headDim: D, intermediateSize: I } = cfg;
+    const Tmax = this.capacity;
+    let maxR = 1;
+    for (const l of this.#weights.layers) {
+      for (const m of ALL_LORA_TARGETS) maxR = Math.max(maxR, l.proj[m].lora?.R ?? 1);
+    }
+    for (const w of this.#weights.layers) {
+      let dev = this.#devices.at(-1);
+      if (!dev || dev.gpu !== w.gpu) {
+        const gpu = w.gpu;
+        const f16 = (n: number, label: string) => this.#keep(createBuffer(gpu, n * 2, "workspace", label));
+        dev = {
+          gpu,
+          layers: [],
+          x: f16(C, "decode.x"),
+          h: f16(C, "decode.h"),
+          q: f16(H * D, "decode.q"),
+          qr: f16(H * D, "decode.q_rope"),
+          k: f16(KVH * D, "decode.k"),
+          kr: f16(KVH * D, "decode.k_rope"),
+          v: f16(KVH * D, "decode.v"),
+          o: f16(H * D, "decode.attn"),
+          c: f16(C, "decode.c"),
+          g: f16(I, "decode.gate"),
+          up: f16(I, "decode.up"),
+          sw: f16(I, "decode.swiglu"),
+          u: f16(maxR, "decode.lora_u"),
+          rstd: this.#keep(createBuffer(gpu, 4, "workspace", "decode.rstd")),
+          pos: this.#keep(createBuffer(gpu, 4, "workspace", "decode.pos")),
+          part: this.#keep(
+            createBuffer(gpu, decodeAttentionWorkspaceBytes(H, D, Tmax), "workspace", "decode.attn_part"),
+          ),
+        };
+        this.#devices.push(dev);
+      }
+      const proj = {} as Record<LoraTarget, Linear>;
+      for (const m of ALL_LORA_TARGETS) {
+        const lin = w.proj[m];
+        if (lin.lora && merge) proj[m] = await this.#merge(w.gpu, lin, `l${w.index}.${m}.merged`);
+        else if (lin.lora && lin.lora.dropout > 0) proj[m] = { ...lin, lora: { ...lin.lora, dropout: 0 } };
+        else proj[m] = lin;
+      }
+      const cacheBytes = Tmax * bytesPerRow(cfg);
+      dev.layers.push({
+        index: w.index,
+        gpu: w.gpu,
+        attnNorm: w.attnNorm,
+        mlpNorm: w.mlpNorm,
+        invFreq: w.invFreq,
+        proj,
+        k: this.#keep(createBuffer(w.gpu, cacheBytes, "activations", `kv.k${w.index}`)),
+        v: this.#keep(createBuffer(w.gpu, cacheBytes, "activations", `kv.v${w.index}`)),
+      });
+    }
+    const first = this.#devices[0].gpu;
+    const last = this.#devices.at(-1)!.gpu;
+    this.#idBuf = this.#keep(createBuffer(first, 4, "workspace", "decode.id"));
+    this.#logits = this.#keep(createBuffer(last, cfg.vocabSize * 4, "workspace", "decode.logits"));
+  }
+
+  /** W' = W + s·B16·A16 into a new f16 weight [out, in]. */
+  async #merge(gpu: Gpu, lin: Linear, label: string): Promise<Linear> {
+    if (lin.base.kind !== "f16" || !lin.lora) throw new Error(`${label}: only an f16 base with LoRA merges`);
+    const src = "buffer" in lin.base.w ? lin.base.w : { buffer: lin.base.w, offset: 0 };
+    const bytes = lin.out * lin.in * 2;
+    const w = this.#keep(createBuffer(gpu, bytes, "weights", label));
+    const enc = new Encoder(gpu, { label: `merge ${label}` });
+    enc.copy(src.buffer, src.offset, w, 0, bytes);
+    await matmul(enc, {
+      a: lin.lora.b16,
+      b: lin.lora.a16,
+      c: w,
+      M: lin.out,
+      N: lin.in,
+      K: lin.lora.R,
+      layout: "nn",
+      out: "f16",
+      alpha: lin.lora.scale,
+      beta: 1,
+    });
+    await enc.submit();
+    return { in: lin.in, out: lin.out, base: { kind: "f16", w } };
+  }
+
+  /** Tokens in the cache. */
+  get length(): number {
+    return this.#ids.length;
+  }
+
+  /** The token ids in the cache, in order. */
+  get tokens(): readonly number[] {
+    return this.#ids;
+  }
+
+  /** Forgets the cached tokens (the buffers stay). */
+  reset(): void {
+    this.#ids = [];
+  }
+
+  #check(ids: ArrayLike<number>, what: string): void {
+    if (this.#destroyed) throw new Error("KvCacheModel: destroyed");
+    checkEmbeddingIds(ids, this.config.vocabSize);
+    if (this.#ids.length + ids.length > this.capacity) {
+      throw new RangeError(
+        `${what}: ${this.#ids.length} cached + ${ids.length} new tokens exceed the KV cache of ` +
+          `${this.capacity} tokens; create the cache with a larger maxTokens (--max-context)`,
+      );
+    }
+  }
+
+  /** Runs the prompt through an empty cache; returns the logits f32 [V] of its last position. */
+  async prefill(ids: ArrayLike<number>): Promise<Float32Array> {
+    if (ids.length === 0) throw new RangeError("prefill: empty prompt");
+    this.reset();
+    this.#check(ids, "prefill");
+    const cfg = this.config;
+    const { hiddenSize: C, numHeads: H, numKvHeads: KVH, headDim: D, rmsNormEps: eps } = cfg;
+    const T = ids.length;
+    const row = bytesPerRow(cfg);
+    const g0 = this.#devices[0].gpu;
+    const idsBuf = upload(g0, Int32Array.from(ids), "workspace", "prefill.ids");
+    let x = Tensor.empty(g0, [T, C], "f16", "activations", "prefill.x0");
+    try {
+      const enc0 = new Encoder(g0, { label: "prefill embedding" });
+      await embeddingForward(enc0, {
+        table: this.#weights.embed,
+        ids: idsBuf,
+        out: x.buffer,
+        T,
+        C,
+        V: cfg.vocabSize,
+      });
+      await enc0.submit();
+    } finally {
+      releaseBuffer(idsBuf);
+    }
+    for (const dev of this.#devices) {
+      x = await moveTensor(x, dev.gpu);
+      const positions = upload(
+        dev.gpu,
+        Uint32Array.from({ length: T }, (_, i) => i),
+        "workspace",
+        "positions",
+      );
+      try {
+        for (const layer of dev.layers) {
+          const l = layer.index;
+          const tape = new Tape(dev.gpu, false);
+          const enc = new Encoder(dev.gpu, { label: `prefill layer ${l}` });
+          const p = layer.proj;
+          const h = await rmsnorm(tape, enc, x, layer.attnNorm, eps, `l${l}.attn_norm`);
+          const q = await linear(tape, enc, h, p.q_proj, `l${l}.q`);
+          const k = await linear(tape, enc, h, p.k_proj, `l${l}.k`);
+          const v = await linear(tape, enc, h, p.v_proj, `l${l}.v`);
+          const qr = await rope(tape, enc, q, H, D, positions, layer.invFreq, `l${l}.q_rope`);
+          const kr = await rope(tape, enc, k, KVH, D, positions, layer.invFreq, `l${l}.k_rope`);
+          enc.copy(kr.buffer, 0, layer.k, 0, T * row);
+          enc.copy(v.buffer, 0, layer.v, 0, T * row);
+          const o = await attention(tape, enc, qr, kr, v, H, KVH, D, `l${l}.attn`);
+          const ao = await linear(tape, enc, o, p.o_proj, `l${l}.o`);
+          const x2 = await add(tape, enc, x, ao, `l${l}.resid1`);
+          const h2 = await rmsnorm(tape, enc, x2, layer.mlpNorm, eps, `l${l}.mlp_norm`);
+          const g = await linear(tape, enc, h2, p.gate_proj, `l${l}.gate`);
+          const u = await linear(tape, enc, h2, p.up_proj, `l${l}.up`);
+          const sw = await swiglu(tape, enc, g, u, `l${l}.swiglu`);
+          const dn = await linear(tape, enc, sw, p.down_proj, `l${l}.down`);
+          const y = tape.disown(await add(tape, enc, x2, dn, `l${l}.resid2`));
+          await enc.submit();
+          tape.release();
+          x.release();
+          x = y;
+        }
+      } finally {
+        releaseBuffer(positions);
+      }
+    }
+    const last = this.#devices.at(-1)!;
+    const enc = new Encoder(last.gpu, { label: "prefill last row" });
+    enc.copy(x.buffer, (T - 1) * C * 2, last.x, 0, C * 2);
+    await this.#head(enc, last);
+    await enc.submit();
+    x.release();
+    this.#ids = Array.from(ids);
+    return await readF32(last.gpu, this.#logits, cfg.vocabSize);
+  }
+
+  /** Appends one token at position `length`; returns the logits f32 [V] of that position. */
+  async step(id: number): Promise<Float32Array> {
+    this.#check([id], "decode step");
+    const cfg = this.config;
+    const { hiddenSize: C, numHeads: H, numKvHeads: KVH, headDim: D, rmsNormEps: eps, intermediateSize: I } =
+      cfg;
+    const n = this.#ids.length;
+    const row = bytesPerRow(cfg);
+    for (let d = 0; d < this.#devices.length; d++) {
+      const dev = this.#devices[d];
+      const gpu = dev.gpu;
+      writeBuffer(gpu, dev.pos, Uint32Array.of(n));
+      if (d === 0) writeBuffer(gpu, this.#idBuf, Int32Array.of(id));
+      else {
+        const prev = this.#devices[d - 1];
+        writeBuffer(gpu, dev.x, new Uint8Array(await readBytes(prev.gpu, prev.x, C * 2)));
+      }
+      const enc = new Encoder(gpu, { label: `decode step ${n}` });
+      if (d === 0) {
+        await embeddingForward(enc, {
+          table: this.#weights.embed,
+          ids: this.#idBuf,
+          out: dev.x,
+          T: 1,
+          C,
+          V: cfg.vocabSize,
+        });
+      }
+      for (const layer of dev.layers) {
+        const p = layer.proj;
+        await rmsnormForward(enc, { x: dev.x, w: layer.attnNorm, y: dev.h, rstd: dev.rstd, T: 1, C, eps });
+        await linear1(enc, p.q_proj, dev.h, dev.q, dev.u);
+        await linear1(enc, p.k_proj, dev.h, dev.k, dev.u);
+        await linear1(enc, p.v_proj, dev.h, dev.v, dev.u);
+        await ropeForward(enc, {
+          x: dev.q,
+          out: dev.qr,
+          positions: dev.pos,
+          invFreq: layer.invFreq,
+          T: 1,
+          heads: H,
+          D,
+        });
+        await ropeForward(enc, {
+          x: dev.k,
+          out: dev.kr,
+          positions: dev.pos,
+          invFreq: layer.invFreq,
+          T: 1,
+          heads: KVH,
+          D,
+        });
+        enc.copy(dev.kr, 0, layer.k, n * row, row);
+        enc.copy(dev.v, 0, layer.v, n * row, row);
+        await decodeAttention(enc, {
+          q: dev.qr,
+          k: layer.k,
+          v: layer.v,
+          out: dev.o,
+          part: dev.part,
+          n: n + 1,
+          H,
+          KVH,
+          D,
+        });
+        await linear1(enc, p.o_proj, dev.o, dev.c, dev.u);
+        await residualAdd(enc, { a: dev.x, b: dev.c, n: C });
+        await rmsnormForward(enc, { x: dev.x, w: layer.mlpNorm, y: dev.h, rstd: dev.rstd, T: 1, C, eps });
+        await linear1(enc, p.gate_proj, dev.h, dev.g, dev.u);
+        await linear1(enc, p.up_proj, dev.h, dev.up, dev.u);
+        await swigluForward(enc, { g: dev.g, u: dev.up, h: dev.sw, n: I });
+        await linear1(enc, p.down_proj, dev.sw, dev.c, dev.u);
+        await residualAdd(enc, { a: dev.x, b: dev.c, n: C });
+      }
+      if (d === this.#devices.length - 1) await this.#head(enc, dev);
+      await enc.submit();
+    }
+    this.#ids.push(id);
+    return await readF32(this.#devices.at(-1)!.gpu, this.#logits, cfg.vocabSize);
+  }
+
+  /** Final norm of dev.x and the lm_head product into the logits buffer. */
+  async #head(enc: Encoder, dev: DeviceState): Promise<void> {
+    const { hiddenSize: C, vocabSize: V, rmsNormEps: eps } = this.config;
+    await rmsnormForward(enc, {
+      x: dev.x,
+      w: this.#weights.finalNorm,
+      y: dev.h,
+      rstd: dev.rstd,
+      T: 1,
+      C,
+      eps,
+    });
+    await matmul(enc, {
+      a: dev.h,
+      b: this.#weights.lmHead,
+      c: this.#logits,
+      M: 1,
+      N: V,
+      K: C,
+      layout: "nt",
+      out: "f32",
+    });
+  }
+
+  /** Brings the cache to exactly `ids` and returns the logits of the last one: keeps the longest
+   * cached prefix and feeds the rest one step at a time, or re-runs the prefill when the prefix is
+   * empty or the rest is long. */
+  async extend(ids: ArrayLike<number>): Promise<Float32Array> {
+    if (ids.length === 0) throw new RangeError("extend: no tokens");
+    let p = 0;
+    while (p < this.#ids.length && p < ids.length && this.#ids[p] === ids[p]) p++;
+    if (p === ids.length) p--; // the last token is fed again for its logits
+    if (p === 0 || ids.length - p > MAX_INCREMENTAL_TOKENS) return await this.prefill(ids);
+    this.#ids.length = p;
+    let logits: Float32Array | undefined;
+    for (let i = p; i < ids.length; i++) logits = await this.step(ids[i]);
+    return logits!;
+  }
+
+  destroy(): void {
+    if (this.#destroyed) return;
+    this.#destroyed = true;
+    for (const b of this.#owned) releaseBuffer(b);
+    this.#owned = [];
+  }
+}
+
+/** One linear layer at T = 1 on preallocated buffers: base product plus the LoRA path when present. */
+async function linear1(
+  enc: Encoder,
+  lin: Linear,
+  x: GPUBuffer,
+  y: GPUBuffer,
+  u: GPUBuffer,
+): Promise<void> {
+  if (lin.lora) {
+    await loraForward(enc, {
+      T: 1,
+      in: lin.in,
+      out: lin.out,
+      R: lin.lora.R,
+      scale: lin.lora.scale,
+      x,
+      base: lin.base,
+      a16: lin.lora.a16,
+      b16: lin.lora.b16,
+      u,
+      y,
+      yType: "f16",
+    });
+  } else if (lin.base.kind === "nf4") {
+    await nf4Matmul(enc, { x, w: lin.base.w, y, T: 1, mode: "fwd", out: "f16" });
+  } else {
+    await matmul(enc, { a: x, b: lin.base.w, c: y, M: 1, N: lin.out, K: lin.in, layout: "nt", out: "f16" });
+  }
+}
+
+/** Moves a tensor to another device through host memory (the source is released). */
+async function moveTensor(t: Tensor, gpu: Gpu): Promise<Tensor> {
+  if (t.gpu === gpu) return t;
+  const bytes = new Uint8Array(await readBytes(t.gpu, t.buffer, t.bytes));
+  const out = new Tensor(gpu, upload(gpu, bytes, t.category, t.label), t.shape, t.dtype, t.category, t.label);
+  t.release();
+  return out;
+}
+
+// ------------------------------------------------------------------------------------ generation
+
+/** Sampling and length settings of one generation (greedy unless doSample with a temperature > 0). */
+export interface GenerationSettings extends SamplingOptions {
+  /** Most new tokens; DEFAULT_MAX_NEW_TOKENS by default. */
+  maxNewTokens?: number;
+  /** Seed of the sampling Rng; 0 by default. */
+  seed?: number;
+}
+
+export type StopReason = "eos" | "max_new_tokens" | "cache_full";
+
+export interface GenerationResult {
+  /** New token ids (the stop token left out). */
+  ids: number[];
+  /** The stop token that ended the generation, or null. */
+  stopToken: number | null;
+  stopReason: StopReason;
+  promptTokens: number;
+  /** Milliseconds: prefill (prompt to first logits), decode steps, whole call. */
+  prefillMs: number;
+  decodeMs: number;
+  latencyMs: number;
+}
+
+/** The settings with their defaults filled in, as written into GeneratedResponses.json. */
+export function resolvedSettings(s: GenerationSettings = {}): Required<GenerationSettings> {
+  const temperature = s.temperature ?? (s.doSample ? 1 : 0);
+  return {
+    doSample: (s.doSample ?? temperature > 0) && temperature > 0,
+    temperature,
+    topK: s.topK ?? 0,
+    topP: s.topP ?? 1,
+    repetitionPenalty: s.repetitionPenalty ?? 1,
+    maxNewTokens: s.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS,
+    seed: s.seed ?? 0,
+  };
+}
+
+/** Generates from `prompt` ids: the cache is brought to the prompt (reusing a cached prefix), then
+ * tokens are chosen until a stop token, maxNewTokens, or a full cache. `onToken` sees each new id. */
+export async function generateIds(
+  kv: KvCacheModel,
+  prompt: ArrayLike<number>,
+  settings: GenerationSettings,
+  stopTokenIds: readonly number[],
+  onToken?: (id: number) => void,
+): Promise<GenerationResult> {
+  const s = resolvedSettings(settings);
+  if (!Number.isInteger(s.maxNewTokens) || s.maxNewTokens < 1) {
+    throw new RangeError(`maxNewTokens = ${s.maxNewTokens} must be a whole number >= 1`);
+  }
+  const sampler = new TokenSampler(
+    {
+      doSample: s.doSample,
+      temperature: s.temperature,
+      topK: s.topK,
+      topP: s.topP,
+      repetitionPenalty: s.repetitionPenalty,
+    },
+    new Rng(s.seed),
+  );
+  const t0 = performance.now();
+  let logits = await kv.extend(prompt);
+  const t1 = performance.now();
+  const context = Array.from(prompt);
+  const ids: number[] = [];
+  let stopReason: StopReason = "max_new_tokens";
+  let stopToken: number | null = null;
+  for (;;) {
+    const id = sampler.next(logits, context);
+    if (isStopToken(id, stopTokenIds)) {
+      stopReason = "eos";
+      stopToken = id;
+      break;
+    }
+    ids.push(id);
+    context.push(id);
+    onToken?.(id);
+    if (ids.length >= s.maxNewTokens) break;
+    if (kv.length >= kv.capacity) {
+      stopReason = "cache_full";
+      break;
+    }
+    logits = await kv.step(id);
+  }
+  const t2 = performance.now();
+  return {
+    ids,
+    stopToken,
+    stopReason,
+    promptTokens: prompt.length,
+    prefillMs: t1 - t0,
+    decodeMs: t2 - t1,
+    latencyMs: t2 - t0,
+  };
+}
+
+/** Turns a stream of token ids into text pieces that never split a UTF-8 character: text whose
+ * bytes end inside a character (decoded as U+FFFD at the end) is held back until it completes. */
+export class TextStreamer {
+  /** Ids since the last complete character boundary. */
+  #ids: number[] = [];
+
+  constructor(readonly decode: (ids: number[]) => string) {}
+
+  /** The new text that token `id` completes ("" while a character is incomplete). */
+  push(id: number): string {
+    this.#ids.push(id);
+    const text = this.decode(this.#ids);
+    if (text.endsWith("\uFFFD")) return "";
+    // A complete character boundary: the next window starts here (byte-level pieces concatenate).
+    this.#ids = [];
+    return text;
+  }
+
+  /** What is held back (an incomplete character at the very end), as decoded. */
+  flush(): string {
+    const text = this.#ids.length ? this.decode(this.#ids) : "";
+    this.#ids = [];
+    return text;
+  }
+}
+
+export interface ChatGenerationResult extends GenerationResult {
+  /** The decoded response (special tokens skipped). */
+  text: string;
+}
+
+/** Chat generation: tokenizer + chat template + KV cache. */
+export class Generator {
+  readonly stopTokenIds: number[];
+
+  constructor(
+    readonly kv: KvCacheModel,
+    readonly tokenizer: LlamaTokenizer,
+    readonly template: ChatTemplate,
+  ) {
+    const stops = new Set<number>([...kv.config.eosTokenIds, ...tokenizer.eosIds, tokenizer.eotId]);
+    this.stopTokenIds = [...stops].sort((a, b) => a - b);
+  }
+
+  /** The prompt ids of a conversation with the assistant header appended. */
+  promptIds(messages: readonly ChatMessage[]): Int32Array {
+    return encodePrompt(this.tokenizer, this.template, messages);
+  }
+
+  /** The next assistant turn of `messages`; `onText` receives the response as it is produced. */
+  async chat(
+    messages: readonly ChatMessage[],
+    settings: GenerationSettings = {},
+    onText?: (piece: string) => void,
+  ): Promise<ChatGenerationResult> {
+    const prompt = this.promptIds(messages);
+    const decode = (ids: number[]) => this.tokenizer.decode(ids, { skipSpecialTokens: true });
+    const streamer = new TextStreamer(decode);
+    const r = await generateIds(this.kv, prompt, settings, this.stopTokenIds, (id) => {
+      const piece = streamer.push(id);
+      if (piece && onText) onText(piece);
+    });
+    const rest = streamer.flush();
+    if (rest && onText) onText(rest);
+    return { ...r, text: decode(r.ids) };
+  }
+}

@@ -1,0 +1,206 @@
+// Generation with the KV cache against the full forward: greedy tokens and logits equal those of
+// Llama.logits on the growing sequence; merged LoRA against unmerged; prefix reuse; the stop rules;
+// UTF-8-safe streaming of decoded text.
+
+import { ok as assert, rejects } from "node:assert";
+import { gpuTest, relativeError, Rng } from "../engine/testing.ts";
+import { LlamaTokenizer } from "../data/tokenizer.ts";
+import { Llama, moduleShape, type WeightSource } from "./llama.ts";
+import { generateIds, KvCacheModel, resolvedSettings, TextStreamer } from "./generate.ts";
+import { argmax } from "./sampling.ts";
+import { BUNDLED_TOKENIZER } from "./train_run.ts";
+import { ALL_LORA_TARGETS, type BaseFormat, type LlamaConfig, type LoraConfig } from "./types.ts";
+
+export const GEN_TINY: LlamaConfig = {
+  hiddenSize: 64,
+  intermediateSize: 128,
+  numLayers: 2,
+  numHeads: 4,
+  numKvHeads: 2,
+  headDim: 16,
+  vocabSize: 256,
+  rmsNormEps: 1e-5,
+  ropeTheta: 500000,
+  ropeScaling: { factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 64 },
+  maxPositionEmbeddings: 1024,
+  tieWordEmbeddings: false,
+  bosTokenId: 1,
+  eosTokenIds: [2],
+};
+
+const LORA: LoraConfig = { r: 4, alpha: 8, dropout: 0.1, targets: [...ALL_LORA_TARGETS], useRslora: false };
+
+/** Gaussian weights with well-separated logits (embeddings std 0.5, linears 1/sqrt(in)). */
+export function normalSource(seed: number): WeightSource {
+  const rng = new Rng(seed);
+  const std = (name: string, shape: number[]): [number, number] => {
+    if (name.endsWith("norm.weight")) return [0.1, 1];
+    if (name.includes("embed_tokens")) return [0.5, 0];
+    return [1 / Math.sqrt(shape[1]), 0];
+  };
+  return {
+    has: () => true,
+    read(name, shape) {
+      const n = shape.reduce((a, b) => a * b, 1);
+      const [s, c] = std(name, shape);
+      const v = new Float32Array(n);
+      for (let i = 0; i < n; i++) v[i] = c + s * rng.normal();
+      return Promise.resolve({ dtype: "F32", bytes: new Uint8Array(v.buffer) });
+    },
+  };
+}
+
+/** A tiny model whose LoRA B factors are random too (so the adapter changes the output). */
+export async function tinyModel(
+  gpu: Parameters<typeof Llama.build>[2]["gpus"],
+  cfg: LlamaConfig,
+  baseFormat: BaseFormat,
+  seed = 5,
+): Promise<Llama> {
+  const model = await Llama.build(cfg, normalSource(seed), { gpus: gpu, lora: LORA, baseFormat, seed });
+  const rng = new Rng(seed + 1);
+  for (const p of model.parameters()) {
+    if (!p.key.includes("lora_B")) continue;
+    const m = ALL_LORA_TARGETS.find((t) => p.key.includes(t))!;
+    const [out] = moduleShape(cfg, m);
+    const v = new Float32Array(out * LORA.r);
+    for (let i = 0; i < v.length; i++) v[i] = 0.3 * rng.normal();
+    model.setParameter(p.key, v);
+  }
+  return model;
+}
+
+function lastRow(logits: Float32Array, V: number): Float32Array {
+  return logits.subarray(logits.length - V);
+}
+
+await gpuTest("generate: greedy with the KV cache equals the full forward (NF4 base + LoRA)", async (gpu) => {
+  const cfg = GEN_TINY;
+  const V = cfg.vocabSize;
+  const model = await tinyModel(gpu, cfg, "nf4");
+  const kv = await KvCacheModel.create(model, { maxTokens: 64 });
+  try {
+    const prompt = [1, 17, 99, 4, 200, 31, 77, 5, 12, 250, 8];
+    const steps: Float32Array[] = [];
+    const r = await generateIds(kv, prompt, { maxNewTokens: 8 }, [], undefined);
+    assert(r.ids.length === 8 && r.stopReason === "max_new_tokens", JSON.stringify(r));
+    // The full forward on the growing sequence, argmax of the last position.
+    const seq = [...prompt];
+    const want: number[] = [];
+    for (let i = 0; i < 8; i++) {
+      const full = lastRow(await model.logits(Int32Array.from(seq)), V);
+      want.push(argmax(full));
+      seq.push(want.at(-1)!);
+      steps.push(full);
+    }
+    assert(
+      r.ids.every((id, i) => id === want[i]),
+      `cached greedy ${r.ids} differs from the full forward's ${want}`,
+    );
+    // Logits of every cached position against the full forward's (prefill, then decode steps).
+    kv.reset();
+    let got = await kv.prefill(prompt);
+    for (let i = 0; i < 8; i++) {
+      const err = relativeError(got, steps[i]);
+      assert(err < 1e-2, `step ${i}: cached logits differ from the full forward's by ${err}`);
+      got = await kv.step(r.ids[i]);
+    }
+    // Prefix reuse: extending the cache to a longer sequence feeds only the new tokens.
+    const longer = [...prompt, ...r.ids.slice(0, 3), 42, 43];
+    const ext = await kv.extend(longer);
+    const full = lastRow(await model.logits(Int32Array.from(longer)), V);
+    const err = relativeError(ext, full);
+    assert(err < 1e-2, `extend: logits differ from the full forward's by ${err}`);
+    assert(kv.length === longer.length, `cache holds ${kv.length} tokens, expected ${longer.length}`);
+  } finally {
+    kv.destroy();
+    model.destroy();
+  }
+});
+
+await gpuTest("generate: merged LoRA (f16 base) matches unmerged; stop token and full cache", async (gpu) => {
+  const cfg = GEN_TINY;
+  const model = await tinyModel(gpu, cfg, "f16", 9);
+  const plain = await KvCacheModel.create(model, { maxTokens: 16 });
+  const merged = await KvCacheModel.create(model, { maxTokens: 16, merge: true });
+  try {
+    assert(merged.merged && !plain.merged);
+    const prompt = [1, 3, 5, 7, 11, 13];
+    const a = await plain.prefill(prompt);
+    const b = await merged.prefill(prompt);
+    assert(relativeError(b, a) < 2e-2, `merged prefill logits differ by ${relativeError(b, a)}`);
+    const a2 = await plain.step(argmax(a));
+    const b2 = await merged.step(argmax(a));
+    assert(relativeError(b2, a2) < 2e-2, `merged decode logits differ by ${relativeError(b2, a2)}`);
+
+    // A stop token ends the generation and is not part of the output.
+    const greedy = await generateIds(plain, prompt, { maxNewTokens: 5 }, []);
+    const stop = greedy.ids[2];
+    const stopped = await generateIds(plain, prompt, { maxNewTokens: 5 }, [stop]);
+    const firstStop = greedy.ids.indexOf(stop);
+    assert(
+      stopped.stopReason === "eos" && stopped.stopToken === stop && stopped.ids.length === firstStop,
+      `stop at ${stop}: ${JSON.stringify(stopped)}`,
+    );
+    // A full cache ends it too: capacity 16, prompt 12 -> 4 cached steps and a 5th token chosen.
+    const long = Array.from({ length: 12 }, (_, i) => (i * 37 + 3) % cfg.vocabSize);
+    const full = await generateIds(plain, long, { maxNewTokens: 50 }, []);
+    assert(full.stopReason === "cache_full" && full.ids.length === 5, JSON.stringify(full));
+    await rejects(() => plain.prefill(Array(17).fill(3)), /exceed the KV cache of 16 tokens/);
+    // Sampling with a seed reproduces itself.
+    const s1 = await generateIds(
+      plain,
+      prompt,
+      { temperature: 0.8, topP: 0.9, seed: 7, maxNewTokens: 6 },
+      [],
+    );
+    const s2 = await generateIds(
+      plain,
+      prompt,
+      { temperature: 0.8, topP: 0.9, seed: 7, maxNewTokens: 6 },
+      [],
+    );
+    assert(s1.ids.join() === s2.ids.join(), `seeded sampling differs: ${s1.ids} vs ${s2.ids}`);
+  } finally {
+    plain.destroy();
+    merged.destroy();
+    model.destroy();
+  }
+  await rejects(
+    async () => {
+      const nf4 = await tinyModel(gpu, cfg, "nf4", 9);
+      try {
+        await KvCacheModel.create(nf4, { merge: true });
+      } finally {
+        nf4.destroy();
+      }
+    },
+    /needs an f16 base/,
+  );
+});
+
+Deno.test("generate: streamed text never splits a UTF-8 character", async () => {
+  const tok = await LlamaTokenizer.fromDir(BUNDLED_TOKENIZER);
+  const text = "আমি খুব দুঃখিত 😀 — ok ৷ 🙏🏽 ঞ্জ";
+  const ids = Array.from(tok.encode(text));
+  const decode = (xs: number[]) => tok.decode(xs, { skipSpecialTokens: true });
+  // The small tokenizer spells rare characters byte by byte, so some characters span tokens.
+  const spans = ids.filter((id) => decode([id]).includes("\uFFFD")).length;
+  assert(spans > 0, "the test text has no character split across tokens; pick rarer characters");
+  const streamer = new TextStreamer(decode);
+  const pieces = ids.map((id) => streamer.push(id));
+  pieces.push(streamer.flush());
+  for (const p of pieces) {
+    assert(!p.includes("\uFFFD"), `a piece holds a broken character: ${JSON.stringify(p)}`);
+  }
+  assert(pieces.join("") === text, `streamed ${JSON.stringify(pieces.join(""))}`);
+});
+
+Deno.test("generate: settings defaults are greedy", () => {
+  const s = resolvedSettings({});
+  assert(!s.doSample && s.temperature === 0 && s.maxNewTokens === 256 && s.topP === 1);
+  const t = resolvedSettings({ temperature: 0.7 });
+  assert(t.doSample && t.temperature === 0.7);
+  const u = resolvedSettings({ doSample: true });
+  assert(u.doSample && u.temperature === 1);
+});
