@@ -1,30 +1,40 @@
+import { deepStrictEqual as assertEquals, ok as assert, throws as assertThrows } from "node:assert";
 import { LossScaler } from "./loss_scaler.ts";
+import { gpuTest } from "./testing.ts";
+import { uploadF32 } from "./buffers.ts";
+import { gradientStats } from "./grad_check.ts";
 
-function eq(a: unknown, b: unknown, what: string): void {
-  if (JSON.stringify(a) !== JSON.stringify(b)) {
-    throw new Error(`${what}: got ${JSON.stringify(a)}, expected ${JSON.stringify(b)}`);
-  }
-}
+Deno.test("loss scaler: starts at 2^16, halves and skips on non-finite, doubles after 2000 clean steps", () => {
+  const s = new LossScaler();
+  assertEquals(s.scale, 65536);
+  assertEquals(s.update(true), true); // skip
+  assertEquals(s.scale, 32768);
+  for (let i = 0; i < 1999; i++) assertEquals(s.update(false), false);
+  assertEquals(s.scale, 32768);
+  assertEquals(s.update(false), false);
+  assertEquals(s.scale, 65536);
+  assertEquals(s.skippedSteps, 1);
+});
 
-Deno.test("loss scaler: backoff on non-finite, growth after the interval, state round trip", () => {
-  const s = new LossScaler({ initScale: 1024, growthInterval: 3 });
-  eq(s.update(true), true, "non-finite skips");
-  eq(s.scale, 512, "halved");
-  eq([s.update(false), s.update(false)], [false, false], "clean steps");
-  eq(s.scale, 512, "not yet grown");
-  s.update(false);
-  eq(s.scale, 1024, "grown after 3 clean steps");
-  s.update(false);
-  const saved = s.state();
-  eq(saved, { scale: 1024, growthTracker: 1, skippedSteps: 1 }, "state");
-  const t = new LossScaler({ initScale: 1, growthInterval: 3 });
-  t.load(saved);
-  s.update(false);
-  s.update(false);
-  t.update(false);
-  t.update(false);
-  eq(t.state(), s.state(), "resumed scaler follows the same path");
-  eq(s.scale, 2048, "grown again");
-  const fixed = new LossScaler({ initScale: 8, dynamic: false });
-  eq([fixed.update(true), fixed.scale], [true, 8], "static scale still skips");
+Deno.test("loss scaler: state round-trips through JSON", () => {
+  const a = new LossScaler();
+  a.update(true);
+  for (let i = 0; i < 17; i++) a.update(false);
+  const b = new LossScaler();
+  b.load(JSON.parse(JSON.stringify(a.state())));
+  assertEquals(b.state(), a.state());
+  for (let i = 0; i < 1983; i++) b.update(false);
+  assertEquals(b.scale, 65536);
+  assertThrows(() => new LossScaler().load({ scale: -1 } as never));
+});
+
+await gpuTest("gradientStats: norm and non-finite flag of f32 gradients", async (gpu) => {
+  const a = uploadF32(gpu, [3, 0, 0, 0]);
+  const b = uploadF32(gpu, [4]);
+  const ok = await gradientStats(gpu, [{ buffer: a, n: 4 }, { buffer: b, n: 1 }]);
+  assert(Math.abs(ok.norm - 5) < 1e-6 && !ok.nonFinite, JSON.stringify(ok));
+  const c = uploadF32(gpu, [1, Infinity]);
+  assert((await gradientStats(gpu, [{ buffer: a, n: 4 }, { buffer: c, n: 2 }])).nonFinite);
+  const d = uploadF32(gpu, [NaN]);
+  assert((await gradientStats(gpu, [{ buffer: d, n: 1 }])).nonFinite);
 });
