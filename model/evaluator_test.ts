@@ -15,7 +15,7 @@ import { findLatestEmbeddedRun, loadInferenceModel } from "./run_model.ts";
 import { llamaBuilder } from "./strategy.ts";
 import { BUNDLED_TOKENIZER, embeddedModelConfig } from "./train_run.ts";
 import { configJson, EMBEDDED_DEMO_OVERRIDES, loraConfigOf, resolveConfig } from "./training_config.ts";
-import { ChatTemplate } from "../data/chat_template.ts";
+import { ChatTemplate, encodeChat } from "../data/chat_template.ts";
 
 /** Token-weighted NLL of the label tokens from full logits [T, V] (labels unshifted, HF style). */
 function nllFromLogits(logits: Float32Array, labels: number[], V: number): { nll: number; tokens: number } {
@@ -41,11 +41,36 @@ await gpuTest(
     const root = await Deno.makeTempDir({ prefix: "evaluator_test_" });
     const runDir = join(root, "run-a");
     try {
+      const tok = await LlamaTokenizer.fromDir(BUNDLED_TOKENIZER);
+      // A prepared data folder with short validation chats (short sequences keep the test fast).
+      const dataDir = join(root, "data");
+      await Deno.mkdir(dataDir);
+      const template = ChatTemplate.fromTokenizer(tok);
+      const chats = [
+        ["আমি খুব একা বোধ করি।", "আপনার কথা শুনে খারাপ লাগছে। আমি আছি।"],
+        ["পরীক্ষায় ভালো করিনি।", "মন খারাপ করবেন না, আবার চেষ্টা করুন।"],
+        ["ঘুম আসে না।", "আপনার দুশ্চিন্তার কথা বলুন।"],
+      ];
+      const lines = chats.map(([q, a], i) => {
+        const messages = [{ role: "user" as const, content: q }, { role: "assistant" as const, content: a }];
+        const enc = encodeChat(tok, template, messages);
+        const labels = Array.from(enc.labels);
+        return JSON.stringify({
+          id: `v${i}`,
+          messages,
+          meta: {},
+          num_tokens: enc.inputIds.length,
+          num_label_tokens: labels.filter((x) => x !== -100).length,
+          input_ids: Array.from(enc.inputIds),
+          labels,
+        });
+      });
+      await Deno.writeTextFile(join(dataDir, "val.jsonl"), lines.join("\n") + "\n");
+      await Deno.writeTextFile(join(dataDir, "train.jsonl"), lines.join("\n") + "\n");
       const config = resolveConfig([
         { values: { ...EMBEDDED_DEMO_OVERRIDES }, origin: "embedded demo" },
-        { values: { out: runDir }, origin: "flag" },
+        { values: { out: runDir, data: dataDir }, origin: "flag" },
       ]).config;
-      const tok = await LlamaTokenizer.fromDir(BUNDLED_TOKENIZER);
       const cfg = embeddedModelConfig(tok);
       // The trained model, as model/train_run.ts builds it, with a non-zero adapter.
       const trained = (await llamaBuilder({
@@ -117,7 +142,7 @@ await gpuTest(
         for (const f of ["experiment_id", "input_text", "reference", "response", "settings", "latency_ms"]) {
           assert(f in r, `GeneratedResponses.json entry lacks ${f}`);
         }
-        assert(r.experiment_id === "run-a" && r.new_tokens <= 4 && r.prompt_tokens > 10, JSON.stringify(r));
+        assert(r.experiment_id === "run-a" && r.new_tokens <= 4 && r.prompt_tokens > 5, JSON.stringify(r));
         assert(r.settings.doSample === false && r.settings.maxNewTokens === 4, JSON.stringify(r.settings));
       }
       const log1 = JSON.parse(await Deno.readTextFile(join(root, "LLAMAExperiments.json")));

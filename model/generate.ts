@@ -45,8 +45,10 @@ import { ALL_LORA_TARGETS, type LlamaConfig, type LoraTarget } from "./types.ts"
 export const DEFAULT_MAX_NEW_TOKENS = 256;
 /** Cache rows when the caller does not say (bounded by the model's max_position_embeddings). */
 export const DEFAULT_CACHE_TOKENS = 4096;
-/** Prompt tokens beyond the cached prefix fed one decode step at a time; more re-run the prefill. */
-const MAX_INCREMENTAL_TOKENS = 64;
+/** Prompt tokens beyond the cached prefix fed one decode step at a time; more re-run the prefill.
+ * A decode step reads every weight once, as a whole prefill of a few hundred tokens does, so only a
+ * handful of tokens are cheaper as steps. */
+const MAX_INCREMENTAL_TOKENS = 4;
 
 export interface KvCacheOptions {
   /** Cache capacity Tmax (prompt plus generated tokens); DEFAULT_CACHE_TOKENS by default. */
