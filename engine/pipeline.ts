@@ -42,25 +42,56 @@ export function substitute(shader: Shader, values: Record<string, string> = {}):
   return code;
 }
 
+const shaderKeys = new WeakMap<Shader, string>();
+
+/** File name and a hash of the source, computed once per shader object. */
+function shaderKey(shader: Shader): string {
+  let key = shaderKeys.get(shader);
+  if (key === undefined) {
+    let h = 0x811c9dc5;
+    for (let i = 0; i < shader.code.length; i++) h = Math.imul(h ^ shader.code.charCodeAt(i), 0x01000193);
+    key = `${shader.file}\u0000${shader.code.length}\u0000${(h >>> 0).toString(16)}`;
+    shaderKeys.set(shader, key);
+  }
+  return key;
+}
+
 export class PipelineCache {
-  #pipelines = new Map<string, Promise<GPUComputePipeline>>();
+  /** Per shader file, then per entry, constants and substitutions: a lookup on the hot path
+   * neither substitutes nor hashes the whole WGSL source. */
+  #pipelines = new Map<string, Map<string, Promise<GPUComputePipeline>>>();
+  #size = 0;
 
   constructor(private readonly gpu: Gpu) {}
 
   get size(): number {
-    return this.#pipelines.size;
+    return this.#size;
   }
 
   get(spec: KernelSpec): Promise<GPUComputePipeline> {
-    const code = substitute(spec.shader, spec.substitutions);
     const entry = spec.entry ?? "main";
     const constants = spec.constants ?? {};
-    const key = `${entry}\u0000${JSON.stringify(Object.entries(constants).sort())}\u0000${code}`;
-    let p = this.#pipelines.get(key);
+    const subs = spec.substitutions ?? {};
+    const fileKey = shaderKey(spec.shader);
+    let byVariant = this.#pipelines.get(fileKey);
+    if (!byVariant) {
+      byVariant = new Map();
+      this.#pipelines.set(fileKey, byVariant);
+    }
+    const key = `${entry}\u0000${JSON.stringify(Object.entries(constants).sort())}\u0000${
+      JSON.stringify(Object.entries(subs).sort())
+    }`;
+    let p = byVariant.get(key);
     if (!p) {
+      const code = substitute(spec.shader, spec.substitutions);
       p = this.#compile(spec.shader.file, code, entry, constants);
-      this.#pipelines.set(key, p);
-      p.catch(() => this.#pipelines.delete(key));
+      byVariant.set(key, p);
+      this.#size++;
+      const variants = byVariant;
+      p.catch(() => {
+        variants.delete(key);
+        this.#size--;
+      });
     }
     return p;
   }
