@@ -10,7 +10,8 @@
 // LLAMAExperiments.json (entry id = the responses' experiment_id, under metrics.human_eval):
 // DIR/LLAMAExperiments.json when that file exists, otherwise the one in DIR's parent folder.
 
-import { basename, dirname, join } from "node:path";
+import { dirname, join } from "node:path";
+import { writeFileAtomic } from "./run_outputs.ts";
 
 export const CRITERIA = ["empathy", "fluency", "relevance"] as const;
 export type Criterion = typeof CRITERIA[number];
@@ -69,17 +70,6 @@ export interface RateResult {
   reportUpdated: boolean;
   /** The session ended by 'q' or the end of input before every response was seen. */
   quit: boolean;
-}
-
-async function writeFileAtomic(path: string, text: string): Promise<void> {
-  const tmp = join(dirname(path), `.${basename(path)}.tmp-${crypto.randomUUID().slice(0, 8)}`);
-  try {
-    await Deno.writeTextFile(tmp, text);
-    await Deno.rename(tmp, path);
-  } catch (e) {
-    await Deno.remove(tmp).catch(() => {});
-    throw e;
-  }
 }
 
 async function readJson(path: string, what: string): Promise<unknown | undefined> {

@@ -5,6 +5,7 @@
 
 import { readF32, writeBuffer } from "../engine/buffers.ts";
 import { bytesOf, decodeFloats, SafetensorsCheckpoint, writeSafetensors } from "./safetensors.ts";
+import { writeFileAtomic } from "./run_outputs.ts";
 import { ALL_LORA_TARGETS, type LlamaModel, type LoraConfig, type LoraTarget } from "./types.ts";
 
 export class PeftError extends Error {
@@ -31,12 +32,6 @@ export function adapterConfigJson(lora: LoraConfig, baseModel: string): Record<s
   };
 }
 
-async function writeTextAtomic(path: string, text: string): Promise<void> {
-  const tmp = `${path}.tmp-${Deno.pid}`;
-  await Deno.writeTextFile(tmp, text);
-  await Deno.rename(tmp, path);
-}
-
 /** Writes `dir`/adapter_model.safetensors and `dir`/adapter_config.json (each atomically). */
 export async function saveAdapter(model: LlamaModel, dir: string, baseModel: string): Promise<void> {
   await Deno.mkdir(dir, { recursive: true });
@@ -47,7 +42,7 @@ export async function saveAdapter(model: LlamaModel, dir: string, baseModel: str
     data: async () => bytesOf(await readF32(p.gpu, p.weight, p.numel)),
   }));
   await writeSafetensors(`${dir}/adapter_model.safetensors`, tensors, { format: "pt" });
-  await writeTextAtomic(
+  await writeFileAtomic(
     `${dir}/adapter_config.json`,
     JSON.stringify(adapterConfigJson(model.lora, baseModel), null, 2) + "\n",
   );
