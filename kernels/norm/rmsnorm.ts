@@ -14,7 +14,9 @@ import rmsnormCode from "./rmsnorm.wgsl" with { type: "text" };
 const SHADER = { file: "kernels/norm/rmsnorm.wgsl", code: rmsnormCode };
 const WG = 256;
 /** Rows per slice of the weight gradient's partial sums (DW_ROWS in the shader). */
-const DW_ROWS = 64;
+const DW_ROWS = 32;
+/** Columns (vec4) per workgroup of the final sum over the slices (DW_COLS in the shader). */
+const DW_COLS = 64;
 
 function checkShape(what: string, T: number, C: number): void {
   if (!Number.isInteger(T) || T < 0) throw new RangeError(`${what}: T = ${T} must be a whole number >= 0`);
@@ -89,7 +91,7 @@ export async function rmsnormBackward(enc: Encoder, args: RmsNormBackwardArgs): 
   );
 }
 
-/** Bytes of the scratch buffer rmsnormWeightGrad needs: f32 partial sums [ceil(T / 64), C]. */
+/** Bytes of the scratch buffer rmsnormWeightGrad needs: f32 partial sums [ceil(T / 32), C]. */
 export function rmsnormWeightGradWorkspaceBytes(T: number, C: number): number {
   return Math.max(1, Math.ceil(T / DW_ROWS)) * C * 4;
 }
@@ -131,5 +133,5 @@ export async function rmsnormWeightGrad(enc: Encoder, args: RmsNormWeightGradArg
   const reduce = await enc.gpu.pipelines.get({ shader: SHADER, entry: "dw_reduce" });
   const flags = args.accumulate ? 1 : 0;
   if (T > 0) enc.dispatch(partial, params(T, C, 0, 0), [args.dy, args.x, args.rstd, ws], [cols, slices]);
-  enc.dispatch(reduce, params(T, C, 0, flags), [ws, args.dw], [cols]);
+  enc.dispatch(reduce, params(T, C, 0, flags), [ws, args.dw], [Math.ceil(C / 4 / DW_COLS)]);
 }
