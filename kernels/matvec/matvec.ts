@@ -1,0 +1,170 @@
+// The one launcher of the matvec family: the product of a weight matrix and ONE input row, the
+// linear layers of batch-1 decoding, where every weight byte is read once per token and the speed
+// is the memory bandwidth:
+//   y[o] = alpha · Σ_i W[o, i] x[i] + alpha2 · Σ_k W2[o, k] x2[k] + beta · y[o]      (o < out)
+// W is NF4 (the GPU layout of kernels/nf4/nf4.ts, dequantized on the fly; in % 32 == 0) or f16
+// [out, in] row-major (in % 8 == 0). The optional second product W2 x2 (W2 f16 [out, K2], x2 f16
+// [K2], any K2) carries a LoRA up-projection s·B·u into the same pass; beta 1 adds into y (a
+// residual stream). f32 accumulation; y f16 or f32; beta 0 never reads y.
+//
+// Dimension letters: in and out the weight's [out, in] shape, K2 the second product's width.
+//   x  f16 [in]   (16-byte loads)      W2 f16 [out, K2]      x2 f16 [K2]      y  f16|f32 [out]
+//
+// One lane group of 32 threads per output row (8 rows per workgroup of 256): lane l reads the
+// 16-byte weight words l, l + 32, ... of its row, so a group reads 512 contiguous bytes per step;
+// x comes from global memory (it is small and cached). Variants:
+//   "subgroup"   reduction with subgroupAdd (adapters with subgroups of 4..32 invocations)
+//   "workgroup"  portable: a workgroup-memory tree reduction
+
+import type { Binding, Encoder } from "../../engine/encoder.ts";
+import type { Capabilities, Gpu } from "../../engine/gpu.ts";
+import type { Nf4Weight } from "../nf4/nf4.ts";
+import nf4Code from "./matvec_nf4.wgsl" with { type: "text" };
+import nf4SubgroupCode from "./matvec_nf4_subgroup.wgsl" with { type: "text" };
+import f16Code from "./matvec_f16.wgsl" with { type: "text" };
+import f16SubgroupCode from "./matvec_f16_subgroup.wgsl" with { type: "text" };
+
+const SHADERS = {
+  nf4: {
+    workgroup: { file: "kernels/matvec/matvec_nf4.wgsl", code: nf4Code },
+    subgroup: { file: "kernels/matvec/matvec_nf4_subgroup.wgsl", code: nf4SubgroupCode },
+  },
+  f16: {
+    workgroup: { file: "kernels/matvec/matvec_f16.wgsl", code: f16Code },
+    subgroup: { file: "kernels/matvec/matvec_f16_subgroup.wgsl", code: f16SubgroupCode },
+  },
+} as const;
+
+/** Output rows per workgroup (lane groups of 32 in a workgroup of 256). */
+export const MATVEC_ROWS_PER_WORKGROUP = 8;
+
+export type MatvecVariant = "workgroup" | "subgroup";
+export const MATVEC_VARIANTS: readonly MatvecVariant[] = ["workgroup", "subgroup"];
+
+/** The weight: NF4 (QLoRA base) or f16 [out, in] row-major (lm_head, 16-bit bases, LoRA factors). */
+export type MatvecWeight = { kind: "nf4"; w: Nf4Weight } | { kind: "f16"; w: Binding };
+
+export interface MatvecShape {
+  out: number;
+  in: number;
+  /** Width of the second product (0 or absent: none). */
+  K2?: number;
+}
+
+export interface MatvecArgs extends MatvecShape {
+  w: MatvecWeight;
+  /** f16 [in]. */
+  x: Binding;
+  /** [out] in `yType`; read only when beta != 0. */
+  y: Binding;
+  yType: "f16" | "f32";
+  alpha?: number;
+  beta?: number;
+  /** y += alpha2 · W2 x2 in the same pass (e.g. a LoRA up-projection: W2 = B16, x2 = u, alpha2 = s). */
+  second?: { w: Binding; x: Binding; alpha: number };
+  variant?: MatvecVariant;
+}
+
+/** Why `variant` cannot run this product on this adapter, or undefined when it can. */
+export function matvecUnsupported(
+  caps: Capabilities,
+  kind: MatvecWeight["kind"],
+  shape: MatvecShape,
+  variant: MatvecVariant = pickMatvecVariant(caps),
+): string | undefined {
+  const { out, in: inDim, K2 = 0 } = shape;
+  if (!caps.f16) return `${caps.adapter} has no shader-f16`;
+  for (const [name, v] of Object.entries({ out, in: inDim, K2 })) {
+    if (!Number.isInteger(v) || v < (name === "K2" ? 0 : 1)) {
+      return `${name} = ${v} must be a positive integer`;
+    }
+  }
+  if (kind === "nf4" && inDim % 32 !== 0) {
+    return `NF4 rows of in = ${inDim} elements: the kernel reads 32 codes at a time and needs in % 32 == 0`;
+  }
+  if (kind === "f16" && inDim % 8 !== 0) {
+    return `f16 rows of in = ${inDim} elements: the kernel reads 8 values at a time and needs in % 8 == 0`;
+  }
+  if (out * Math.max(inDim, K2) >= 2 ** 32) {
+    return `[${out}, ${Math.max(inDim, K2)}] has 2^32 or more elements; the kernel's indices are 32-bit`;
+  }
+  if (variant === "subgroup") {
+    const { subgroupMinSize: lo, subgroupMaxSize: hi } = caps;
+    if (!caps.subgroups) return `${caps.adapter} has no subgroups`;
+    if (lo < 4 || hi > 32) {
+      return `subgroup sizes ${lo}..${hi}: the kernel needs sizes that divide its lane groups of 32`;
+    }
+  }
+  return undefined;
+}
+
+/** The subgroup reduction where the adapter has subgroups of 4..32 invocations, else the portable one. */
+export function pickMatvecVariant(caps: Capabilities): MatvecVariant {
+  return caps.subgroups && caps.subgroupMinSize >= 4 && caps.subgroupMaxSize <= 32 ? "subgroup" : "workgroup";
+}
+
+/** Workgroups as a 2D grid under the per-dimension limit; the kernels number them wg.y * gx + wg.x. */
+function grid(gpu: Gpu, groups: number): [number, number] {
+  const max = gpu.caps.limits.maxComputeWorkgroupsPerDimension;
+  const gx = Math.max(1, Math.min(groups, max));
+  return [gx, Math.ceil(groups / gx)];
+}
+
+/** Encodes y = alpha · W x (+ alpha2 · W2 x2) + beta · y: one dispatch. */
+export async function matvec(enc: Encoder, args: MatvecArgs): Promise<void> {
+  const { w, out, in: inDim } = args;
+  const K2 = args.second ? (args.K2 ?? 0) : 0;
+  const variant = args.variant ?? pickMatvecVariant(enc.gpu.caps);
+  const where = `matvec ${w.kind} [${out}, ${inDim}]${K2 ? ` + f16 [${out}, ${K2}]` : ""} (${variant})`;
+  if (args.second && !(K2 > 0)) throw new RangeError(`${where}: a second product needs K2 >= 1`);
+  if (!args.second && args.K2) {
+    throw new RangeError(`${where}: K2 = ${args.K2} given without a second product`);
+  }
+  const why = matvecUnsupported(enc.gpu.caps, w.kind, { out, in: inDim, K2 }, variant);
+  if (why) throw new Error(`${where} on ${enc.gpu.name}: ${why}`);
+  if (w.kind === "nf4" && (w.w.out !== out || w.w.in !== inDim)) {
+    throw new RangeError(`${where}: the NF4 weight is [${w.w.out}, ${w.w.in}]; pass its shape`);
+  }
+  const need = (name: string, b: Binding, bytes: number) => {
+    const have = b.size;
+    if (have < bytes) throw new RangeError(`${where}: ${name} has ${have} bytes, needs ${bytes}`);
+  };
+  need("x", args.x, inDim * 2);
+  need("y", args.y, out * (args.yType === "f32" ? 4 : 2));
+  if (w.kind === "f16") need("w", w.w, out * inDim * 2);
+  if (args.second) {
+    need("second.w", args.second.w, out * K2 * 2);
+    need("second.x", args.second.x, K2 * 2);
+  }
+  const pipeline = await enc.gpu.pipelines.get({
+    shader: SHADERS[w.kind][variant],
+    substitutions: { OUT: args.yType },
+  });
+  const g = grid(enc.gpu, Math.ceil(out / MATVEC_ROWS_PER_WORKGROUP));
+  const params = new ArrayBuffer(32);
+  new Uint32Array(params, 0, 4).set([out, inDim, K2, g[0]]);
+  new Float32Array(params, 16, 3).set([args.alpha ?? 1, args.second?.alpha ?? 0, args.beta ?? 0]);
+  // Without a second product its two bindings take x (read-only, never read).
+  const w2 = args.second?.w ?? args.x;
+  const x2 = args.second?.x ?? args.x;
+  const buffers: Binding[] = w.kind === "nf4"
+    ? [args.x, w.w.codes, w.w.absmaxCodes, w.w.nested, w.w.dynmap, w2, x2, args.y]
+    : [args.x, w.w, w2, x2, args.y];
+  enc.dispatch(pipeline, new Uint8Array(params), buffers, g);
+}
+
+/** Bytes one product reads and writes: the weight (NF4 codes, absmax codes, nested scales and the
+ * dynamic map; or f16), x, the second product, y (twice with beta != 0). */
+export function matvecBytes(
+  kind: MatvecWeight["kind"],
+  shape: MatvecShape,
+  yType: "f16" | "f32",
+  beta = 0,
+): number {
+  const { out, in: inDim, K2 = 0 } = shape;
+  const n = out * inDim;
+  const blocks = Math.ceil(n / 64);
+  const weight = kind === "nf4" ? n / 2 + blocks + (1 + Math.ceil(blocks / 256)) * 4 + 256 * 4 : n * 2;
+  const y = out * (yType === "f32" ? 4 : 2) * (beta !== 0 ? 2 : 1);
+  return weight + inDim * 2 + K2 * (out + 1) * 2 + y;
+}

@@ -1,0 +1,85 @@
+// Matrix-vector product with an f16 weight, portable variant (no subgroups):
+//   y[o] = alpha * sum_i W[o, i] x[i] + alpha2 * sum_k W2[o, k] x2[k] + beta * y[o]   (o < OUT)
+// W f16 [OUT, IN] row-major with IN % 8 == 0, read 16 bytes (8 values) at a time; x f16 [IN];
+// W2 f16 [OUT, K2] row-major (K2 = 0: no second product), x2 f16 [K2].
+// A lane group of 32 threads computes one row: lane l reads the 16-byte words l, l + 32, ... of the
+// row (a group reads 512 contiguous bytes per step), f32 partial sums, a workgroup-memory tree
+// reduction. Eight rows per workgroup of 256. beta 0 never reads y.
+enable f16;
+
+struct Params {
+  OUT: u32,
+  IN: u32,
+  K2: u32,
+  gx: u32,
+  alpha: f32,
+  alpha2: f32,
+  beta: f32,
+  pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> w2: array<f16>;
+@group(0) @binding(4) var<storage, read> x2: array<f16>;
+@group(0) @binding(5) var<storage, read_write> y: array<{{OUT}}>;
+
+const LANES = 32u;
+const WG = 256u;
+const ROWS = WG / LANES;
+
+var<workgroup> red: array<f32, WG>;
+
+fn dot2(a: u32, b: u32) -> f32 {
+  return dot(unpack2x16float(a), unpack2x16float(b));
+}
+
+// Eight f16 weights times eight f16 of x.
+fn dot8(wv: vec4<u32>, xv: vec4<u32>) -> f32 {
+  return dot2(wv.x, xv.x) + dot2(wv.y, xv.y) + dot2(wv.z, xv.z) + dot2(wv.w, xv.w);
+}
+
+fn row_main(o: u32, lane: u32) -> f32 {
+  let words = p.IN / 8u;
+  let base = o * words;
+  var a0 = 0.0;
+  var a1 = 0.0;
+  var j = lane;
+  // Two independent words in flight per lane.
+  for (; j + LANES < words; j += 2u * LANES) {
+    a0 += dot8(w[base + j], x[j]);
+    a1 += dot8(w[base + j + LANES], x[j + LANES]);
+  }
+  if (j < words) { a0 += dot8(w[base + j], x[j]); }
+  return a0 + a1;
+}
+
+fn row_second(o: u32, lane: u32) -> f32 {
+  var acc = 0.0;
+  let base = o * p.K2;
+  for (var k = lane; k < p.K2; k += LANES) { acc = fma(f32(w2[base + k]), f32(x2[k]), acc); }
+  return acc;
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let lane = li % LANES;
+  let o = (wg.y * p.gx + wg.x) * ROWS + li / LANES;
+  var v = 0.0;
+  if (o < p.OUT) {
+    v = p.alpha * row_main(o, lane);
+    if (p.K2 > 0u) { v += p.alpha2 * row_second(o, lane); }
+  }
+  red[li] = v;
+  workgroupBarrier();
+  for (var s = LANES / 2u; s > 0u; s >>= 1u) {
+    if (lane < s) { red[li] += red[li + s]; }
+    workgroupBarrier();
+  }
+  if (lane == 0u && o < p.OUT) {
+    var r = red[li];
+    if (p.beta != 0.0) { r += p.beta * f32(y[o]); }
+    y[o] = {{OUT}}(r);
+  }
+}

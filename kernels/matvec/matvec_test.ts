@@ -1,0 +1,171 @@
+// matvec against its float64 reference: NF4 and f16 weights, f16 and f32 outputs, the second
+// product, accumulation into y, ragged shapes (rows not a multiple of the 8 per workgroup, rows
+// that straddle NF4 blocks, words per row not a multiple of the 32 lanes), a weight bound at an
+// offset, large inputs (an f16 accumulator would overflow), outputs poisoned before the run.
+
+import { ok as assert } from "node:assert";
+import {
+  createBuffer,
+  poison,
+  readAs,
+  roundToF16,
+  upload,
+  uploadF16,
+  writeBuffer,
+} from "../../engine/buffers.ts";
+import { Encoder } from "../../engine/encoder.ts";
+import type { Gpu } from "../../engine/gpu.ts";
+import { assertClose, gpuTest, rms, Rng, testSeed } from "../../engine/testing.ts";
+import { nf4Release, nf4Upload } from "../nf4/nf4.ts";
+import { nf4DequantRef, nf4QuantizeRef } from "../nf4/nf4_ref.ts";
+import { matvec, type MatvecArgs, matvecUnsupported, type MatvecVariant } from "./matvec.ts";
+import { matvecRef } from "./matvec_ref.ts";
+
+interface Case {
+  kind: "nf4" | "f16";
+  out: number;
+  in: number;
+  yType: "f16" | "f32";
+  alpha: number;
+  beta: number;
+  /** Width of the second product, 0 for none. */
+  K2: number;
+  /** Magnitude of x. */
+  xScale: number;
+  /** Byte offset of an f16 weight inside its buffer. */
+  wOffset?: number;
+}
+
+const CASES: Case[] = [
+  { kind: "nf4", out: 77, in: 96, yType: "f16", alpha: 1, beta: 0, K2: 0, xScale: 1 },
+  { kind: "nf4", out: 300, in: 1056, yType: "f32", alpha: 0.7, beta: 1, K2: 5, xScale: 200 },
+  { kind: "f16", out: 45, in: 200, yType: "f16", alpha: 1, beta: 1, K2: 64, xScale: 1 },
+  { kind: "f16", out: 1030, in: 8, yType: "f32", alpha: 0.5, beta: 0, K2: 0, xScale: 3, wOffset: 512 },
+];
+
+function uniform(rng: Rng, n: number, scale: number): Float64Array {
+  return Float64Array.from({ length: n }, () => scale * (2 * rng.next() - 1));
+}
+
+async function runCase(gpu: Gpu, c: Case, variant: MatvecVariant, seed: number): Promise<void> {
+  const rng = new Rng(seed);
+  const label = `seed ${seed} ${variant} ${JSON.stringify(c)}`;
+  const x = roundToF16(uniform(rng, c.in, c.xScale));
+  const owned: GPUBuffer[] = [];
+  const keep = (b: GPUBuffer) => (owned.push(b), b);
+  let wRef: Float64Array;
+  let weight: MatvecArgs["w"];
+  let release = () => {};
+  if (c.kind === "nf4") {
+    const host = nf4QuantizeRef(Float32Array.from(uniform(rng, c.out * c.in, 0.1)), c.out, c.in);
+    wRef = nf4DequantRef(host, { f16: false });
+    const w = nf4Upload(gpu, host, "matvec test");
+    weight = { kind: "nf4", w };
+    release = () => nf4Release(w);
+  } else {
+    wRef = roundToF16(uniform(rng, c.out * c.in, 1 / Math.sqrt(c.in)));
+    const off = c.wOffset ?? 0;
+    const bits = new Uint16Array(off / 2 + c.out * c.in + 64);
+    bits.set(new Uint16Array(Float16Array.from(wRef).buffer), off / 2);
+    const buf = keep(upload(gpu, bits));
+    weight = { kind: "f16", w: off ? { buffer: buf, offset: off, size: c.out * c.in * 2 } : buf };
+  }
+  try {
+    const w2 = roundToF16(uniform(rng, c.out * c.K2, 0.5));
+    const x2 = roundToF16(uniform(rng, c.K2, 2));
+    const y0 = c.yType === "f16" ? roundToF16(uniform(rng, c.out, 4)) : uniform(rng, c.out, 4);
+    const y = keep(createBuffer(gpu, c.out * (c.yType === "f32" ? 4 : 2), "workspace", "y"));
+    if (c.beta !== 0) {
+      writeBuffer(
+        gpu,
+        y,
+        c.yType === "f32" ? Float32Array.from(y0) : new Uint16Array(Float16Array.from(y0).buffer),
+      );
+    } else {
+      poison(gpu, y, c.yType);
+    }
+    const xb = keep(uploadF16(gpu, x));
+    const second = c.K2 > 0
+      ? { w: keep(uploadF16(gpu, w2)), x: keep(uploadF16(gpu, x2)), alpha: 1.5 }
+      : undefined;
+    const enc = new Encoder(gpu, { label: "matvec test" });
+    await matvec(enc, {
+      w: weight,
+      out: c.out,
+      in: c.in,
+      K2: c.K2 || undefined,
+      x: xb,
+      y,
+      yType: c.yType,
+      alpha: c.alpha,
+      beta: c.beta,
+      second,
+      variant,
+    });
+    await enc.submit();
+    const got = await readAs(gpu, y, c.yType, c.out);
+    const want = matvecRef({
+      w: wRef,
+      out: c.out,
+      in: c.in,
+      x,
+      alpha: c.alpha,
+      beta: c.beta,
+      y0,
+      second: second ? { w: w2, x: x2, K: c.K2, alpha: 1.5 } : undefined,
+    });
+    // f32 sums of up to ~1000 terms; f16 output rounds to 2^-11 relative.
+    const scale = rms(want);
+    const tol = c.yType === "f16" ? { atol: 1e-3 * scale, rtol: 1e-3 } : { atol: 1e-5 * scale, rtol: 1e-5 };
+    assertClose(got, want, { ...tol, label });
+  } finally {
+    release();
+    for (const b of owned) b.destroy();
+  }
+}
+
+function variants(gpu: Gpu): MatvecVariant[] {
+  return (["workgroup", "subgroup"] as const).filter((v) =>
+    matvecUnsupported(gpu.caps, "f16", { out: 1, in: 8 }, v) === undefined
+  );
+}
+
+await gpuTest(
+  "matvec: NF4 and f16 weights vs float64, ragged shapes, second product, accumulate",
+  async (gpu) => {
+    const seed = testSeed();
+    const vs = variants(gpu);
+    assert(vs.includes("workgroup"), `the portable variant must run on ${gpu.name}`);
+    if (gpu.caps.subgroups) {
+      assert(
+        vs.includes("subgroup"),
+        `${gpu.name} has subgroups but no subgroup variant`,
+      );
+    }
+    for (const v of vs) for (const c of CASES) await runCase(gpu, c, v, seed);
+  },
+);
+
+await gpuTest("matvec: shapes it cannot run are refused with the reason", async (gpu) => {
+  const caps = gpu.caps;
+  const nf4 = matvecUnsupported(caps, "nf4", { out: 4, in: 48 });
+  assert(nf4?.includes("in % 32 == 0"), String(nf4));
+  const f16 = matvecUnsupported(caps, "f16", { out: 4, in: 12 });
+  assert(f16?.includes("in % 8 == 0"), String(f16));
+  const y = createBuffer(gpu, 64, "workspace");
+  const x = createBuffer(gpu, 64, "workspace");
+  try {
+    const enc = new Encoder(gpu);
+    await matvec(enc, { w: { kind: "f16", w: x }, out: 4, in: 16, x, y, yType: "f16" }).then(
+      () => assert(false, "a weight of 64 bytes for [4, 16] must be refused"),
+      (e: Error) => assert(e.message.includes("w has 64 bytes, needs 128"), e.message),
+    );
+    if (!caps.subgroups) {
+      const why = matvecUnsupported(caps, "nf4", { out: 4, in: 64 }, "subgroup");
+      assert(why?.includes("no subgroups"), String(why));
+    }
+  } finally {
+    y.destroy();
+    x.destroy();
+  }
+});
