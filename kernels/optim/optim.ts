@@ -27,6 +27,8 @@ const UNSCALE = { file: "kernels/optim/grad_unscale.wgsl", code: unscaleCode };
 
 /** Elements per 8-bit state block (one absmax each). */
 export const ADAMW8BIT_BLOCK = 256;
+/** Blocks per workgroup of the 8-bit step (BLOCKS_PER_WG in adamw8bit.wgsl). */
+const ADAMW8BIT_BLOCKS_PER_GROUP = 16;
 /** Tensors with fewer elements keep f32 states (bitsandbytes' min_8bit_size). */
 export const ADAMW8BIT_MIN_SIZE = 4096;
 /** Bytes of the gradient statistics buffer: { norm: f32, nonfinite: u32 }. */
@@ -271,7 +273,7 @@ export async function adamw8bit(enc: Encoder, args: AdamW8bitArgs): Promise<void
     pipeline,
     new Uint8Array(params),
     [args.param, args.grad, s.m, s.v, s.absmaxM!, s.absmaxV!, dynamicMapsBuffer(enc.gpu)],
-    grid(enc.gpu, Math.ceil(s.n / ADAMW8BIT_BLOCK)),
+    grid(enc.gpu, Math.ceil(s.n / ADAMW8BIT_BLOCK / ADAMW8BIT_BLOCKS_PER_GROUP)),
   );
 }
 
