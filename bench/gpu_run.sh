@@ -3,17 +3,18 @@
 # ./gpu-out): the adapter report, the tests, `deno task bench --json`, the PyTorch reference
 # scripts given, and the comparison table for bench/RESULTS.md.
 #
-#   source .gpu-bundle/enter.sh && bash bench/gpu_run.sh [--tests "PATHS"] [--bench FILTER] [--torch "SCRIPTS"] [--quick]
+#   source .gpu-bundle/enter.sh && bash bench/gpu_run.sh [--tests "PATHS"] [--bench FILTER] [--backend B] [--torch "SCRIPTS"] [--quick]
 set -uo pipefail
 OUT=${OUT:-./gpu-out}
 mkdir -p "$OUT"
-tests="" filter="" torch="" quick=""
+tests="" filter="" torch="" quick="" backend=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --tests) tests=$2; shift 2 ;;
     --bench) filter=$2; shift 2 ;;
     --torch) torch=$2; shift 2 ;;
     --quick) quick=--quick; shift ;;
+    --backend) backend=(--backend "$2"); shift 2 ;;
     *) echo "gpu_run: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -26,7 +27,7 @@ if [ -n "$tests" ]; then
 fi
 rows=()
 if [ -n "$filter" ]; then
-  deno task bench $quick --filter "$filter" --json "$OUT/bench.json" 2> "$OUT/bench.log" | tee "$OUT/bench.txt"
+  deno task bench $quick "${backend[@]}" --filter "$filter" --json "$OUT/bench.json" 2> "$OUT/bench.log" | tee "$OUT/bench.txt"
   rows+=("$OUT/bench.json")
 fi
 i=0

@@ -74,7 +74,10 @@ const LIMIT_NAMES = [
 ] as const;
 
 /** Dawn instance toggles (FACTS.md): unsafe APIs for subgroup matrices, f16 on NVIDIA's Vulkan,
- * and unquantized timestamps so short kernels can be timed. */
+ * and unquantized timestamps so short kernels can be timed. Robustness (clamping of every array
+ * index in the generated code) is disabled as well unless DAWN_ROBUSTNESS=1: every kernel checks
+ * its own bounds, and the clamps cost 2.4x on the tensor-core matmul (they split the vector
+ * stores into workgroup memory). */
 const DAWN_FLAGS = [
   "enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia",
   "disable-dawn-features=timestamp_quantization",
@@ -115,6 +118,7 @@ async function gpuObject(backend: Backend, adapterName?: string): Promise<GPU> {
     if (!(k in globalThis)) (globalThis as Record<string, unknown>)[k] = v;
   }
   const flags = [...DAWN_FLAGS];
+  if (Deno.env.get("DAWN_ROBUSTNESS") !== "1") flags[0] += ",disable_robustness";
   if (adapterName) flags.push(`adapter=${adapterName}`);
   const gpu = mod.create(flags) as GPU;
   if (key) dawnGpus.set(key, gpu);

@@ -5,7 +5,8 @@
 // time. Other edges are ragged: rows and K beyond the matrix read as zero and are never written.
 // A workgroup of 4 subgroups of 32 computes a 128x128 tile of C, each subgroup 64x64 (4x4
 // fragments), over K in steps of 32 staged in workgroup memory with the contiguous dimension
-// innermost, so the fragments load row-major or column-major straight from there.
+// innermost, so the fragments load row-major or column-major straight from there. The tiles of
+// the next K step are read from storage into registers while the current step's products run.
 enable f16;
 enable subgroups;
 enable chromium_experimental_subgroup_matrix;
@@ -36,30 +37,42 @@ var<workgroup> As: array<f16, TILE>;
 var<workgroup> Bs: array<f16, TILE>;
 var<workgroup> Cs: array<{{ACC}}, 1024>; // one 16x16 fragment per subgroup for the epilogue
 
-// Copies one [outer x inner] tile (inner contiguous in memory, rows of rowLen halves) into
-// workgroup memory with row stride inner + PAD; 128 threads move 8 halves each per step.
-fn stage(tid: u32, isA: bool, outer: u32, inner: u32, outer0: u32, inner0: u32, outerLen: u32, rowLen: u32) {
-  let vecsPerRow = inner / 8u;
-  for (var v = tid; v < outer * vecsPerRow; v += 128u) {
-    let o = v / vecsPerRow;
-    let i = (v % vecsPerRow) * 8u;
-    var w = vec4<u32>(0u);
-    if (outer0 + o < outerLen && inner0 + i < rowLen) {
-      let g = ((outer0 + o) * rowLen + inner0 + i) / 8u;
-      if (isA) { w = a[g]; } else { w = b[g]; }
-    }
-    let s = o * (inner + PAD) + i;
-    let h0 = bitcast<vec2<f16>>(w.x);
-    let h1 = bitcast<vec2<f16>>(w.y);
-    let h2 = bitcast<vec2<f16>>(w.z);
-    let h3 = bitcast<vec2<f16>>(w.w);
-    if (isA) {
-      As[s] = h0.x; As[s + 1u] = h0.y; As[s + 2u] = h1.x; As[s + 3u] = h1.y;
-      As[s + 4u] = h2.x; As[s + 5u] = h2.y; As[s + 6u] = h3.x; As[s + 7u] = h3.y;
-    } else {
-      Bs[s] = h0.x; Bs[s + 1u] = h0.y; Bs[s + 2u] = h1.x; Bs[s + 3u] = h1.y;
-      Bs[s + 4u] = h2.x; Bs[s + 5u] = h2.y; Bs[s + 6u] = h3.x; Bs[s + 7u] = h3.y;
-    }
+// Staging of one K step: A is a [BM x BK] tile ([BK x BM] when A_TRANS), B a [BK x BN] tile
+// ([BN x BK] when B_TRANS), each 512 vectors of 8 halves, 4 per invocation. `fetch` reads vector
+// `v` of a tile from storage into registers (zero beyond the matrix), `put` writes it to
+// workgroup memory with row stride inner + PAD, contiguous dimension innermost.
+const VECS = 4u; // vectors of each tile per invocation: 128 * 32 / 8 / 128
+
+fn fetch(isA: bool, v: u32, m0: u32, n0: u32, k0: u32) -> vec4<u32> {
+  // Rows of the tile in memory (outer) and their contiguous extent (inner).
+  let inner = select(select(BN, BK, B_TRANS), select(BK, BM, A_TRANS), isA);
+  let outer0 = select(select(k0, n0, B_TRANS), select(m0, k0, A_TRANS), isA);
+  let inner0 = select(select(n0, k0, B_TRANS), select(k0, m0, A_TRANS), isA);
+  let outerLen = select(select(p.K, p.N, B_TRANS), select(p.M, p.K, A_TRANS), isA);
+  let rowLen = select(select(p.N, p.K, B_TRANS), select(p.K, p.M, A_TRANS), isA);
+  let o = v / (inner / 8u);
+  let i = (v % (inner / 8u)) * 8u;
+  if (outer0 + o < outerLen && inner0 + i < rowLen) {
+    let g = ((outer0 + o) * rowLen + inner0 + i) / 8u;
+    if (isA) { return a[g]; }
+    return b[g];
+  }
+  return vec4<u32>(0u);
+}
+
+fn put(isA: bool, v: u32, w: vec4<u32>) {
+  let inner = select(select(BN, BK, B_TRANS), select(BK, BM, A_TRANS), isA);
+  let s = (v / (inner / 8u)) * (inner + PAD) + (v % (inner / 8u)) * 8u;
+  let h0 = bitcast<vec2<f16>>(w.x);
+  let h1 = bitcast<vec2<f16>>(w.y);
+  let h2 = bitcast<vec2<f16>>(w.z);
+  let h3 = bitcast<vec2<f16>>(w.w);
+  if (isA) {
+    As[s] = h0.x; As[s + 1u] = h0.y; As[s + 2u] = h1.x; As[s + 3u] = h1.y;
+    As[s + 4u] = h2.x; As[s + 5u] = h2.y; As[s + 6u] = h3.x; As[s + 7u] = h3.y;
+  } else {
+    Bs[s] = h0.x; Bs[s + 1u] = h0.y; Bs[s + 2u] = h1.x; Bs[s + 3u] = h1.y;
+    Bs[s + 4u] = h2.x; Bs[s + 5u] = h2.y; Bs[s + 6u] = h3.x; Bs[s + 7u] = h3.y;
   }
 }
 
@@ -96,13 +109,28 @@ fn main(
   var c10: subgroup_matrix_result<{{ACC}}, 16, 16>; var c11: subgroup_matrix_result<{{ACC}}, 16, 16>; var c12: subgroup_matrix_result<{{ACC}}, 16, 16>; var c13: subgroup_matrix_result<{{ACC}}, 16, 16>;
   var c20: subgroup_matrix_result<{{ACC}}, 16, 16>; var c21: subgroup_matrix_result<{{ACC}}, 16, 16>; var c22: subgroup_matrix_result<{{ACC}}, 16, 16>; var c23: subgroup_matrix_result<{{ACC}}, 16, 16>;
   var c30: subgroup_matrix_result<{{ACC}}, 16, 16>; var c31: subgroup_matrix_result<{{ACC}}, 16, 16>; var c32: subgroup_matrix_result<{{ACC}}, 16, 16>; var c33: subgroup_matrix_result<{{ACC}}, 16, 16>;
-  // Fragment offsets in the staged tiles (see stage()): A is [m][k] or [k][m], B is [k][n] or [n][k].
+  // Fragment offsets in the staged tiles (see put()): A is [m][k] or [k][m], B is [k][n] or [n][k].
   let aStride = select(BK + PAD, BM + PAD, A_TRANS);
   let bStride = select(BN + PAD, BK + PAD, B_TRANS);
+  // The next K step's tiles are read into registers while this one's products run.
+  var ra: array<vec4<u32>, VECS>;
+  var rb: array<vec4<u32>, VECS>;
+  for (var i = 0u; i < VECS; i++) {
+    ra[i] = fetch(true, tid + i * 128u, m0, n0, 0u);
+    rb[i] = fetch(false, tid + i * 128u, m0, n0, 0u);
+  }
   for (var k0 = 0u; k0 < p.K; k0 += BK) {
-    if (A_TRANS) { stage(tid, true, BK, BM, k0, m0, p.K, p.M); } else { stage(tid, true, BM, BK, m0, k0, p.M, p.K); }
-    if (B_TRANS) { stage(tid, false, BN, BK, n0, k0, p.N, p.K); } else { stage(tid, false, BK, BN, k0, n0, p.K, p.N); }
+    for (var i = 0u; i < VECS; i++) {
+      put(true, tid + i * 128u, ra[i]);
+      put(false, tid + i * 128u, rb[i]);
+    }
     workgroupBarrier();
+    if (k0 + BK < p.K) {
+      for (var i = 0u; i < VECS; i++) {
+        ra[i] = fetch(true, tid + i * 128u, m0, n0, k0 + BK);
+        rb[i] = fetch(false, tid + i * 128u, m0, n0, k0 + BK);
+      }
+    }
     for (var kk = 0u; kk < BK; kk += 16u) {
       let a0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, {{A_LAYOUT}}>(&As, select((sm + 0u) * aStride + kk, kk * aStride + sm + 0u, A_TRANS), aStride);
       let a1 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, {{A_LAYOUT}}>(&As, select((sm + 16u) * aStride + kk, kk * aStride + sm + 16u, A_TRANS), aStride);

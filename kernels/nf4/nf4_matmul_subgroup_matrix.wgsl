@@ -3,8 +3,8 @@
 // Operands and W_TRANS as in nf4_matmul_tiled.wgsl. A (f16 activations [M,K]) is staged 8 halves
 // at a time, so K must be a multiple of 8; the weight is staged one code word (8 consecutive
 // elements of a row of W, all in one 64-block) at a time, so IN must be a multiple of 8.
-// Each staged W tile is dequantized into workgroup memory as f16 (never whole in memory); then
-// the product runs as in kernels/matmul/matmul_subgroup_matrix.wgsl: a workgroup of 4 subgroups
+// Each staged W tile is dequantized into workgroup memory as f16 (never whole in memory), the
+// next K step's reads in flight meanwhile; then the product runs as in kernels/matmul/matmul_subgroup_matrix.wgsl: a workgroup of 4 subgroups
 // of 32 computes a 128x128 tile of C, each subgroup 64x64 (4x4 fragments), K in steps of 32.
 // Other edges are ragged: rows and K beyond the matrix read as zero and are never written.
 enable f16;
@@ -46,59 +46,66 @@ var<workgroup> Cs: array<f32, 1024>; // one 16x16 fragment per subgroup for the 
 var<workgroup> lut: array<f32, 16>;
 var<workgroup> dmap: array<f32, 256>;
 
-// A tile [BM x BK] (rows of p.K halves) into As with row stride BK + PAD.
-fn stageA(tid: u32, m0: u32, k0: u32) {
-  for (var v = tid; v < BM * (BK / 8u); v += 128u) {
-    let o = v / (BK / 8u);
-    let i = (v % (BK / 8u)) * 8u;
-    var w = vec4<u32>(0u);
-    if (m0 + o < p.M && k0 + i < p.K) { w = a[((m0 + o) * p.K + k0 + i) / 8u]; }
-    let s = o * (BK + PAD) + i;
-    let h0 = bitcast<vec2<f16>>(w.x);
-    let h1 = bitcast<vec2<f16>>(w.y);
-    let h2 = bitcast<vec2<f16>>(w.z);
-    let h3 = bitcast<vec2<f16>>(w.w);
-    As[s] = h0.x; As[s + 1u] = h0.y; As[s + 2u] = h1.x; As[s + 3u] = h1.y;
-    As[s + 4u] = h2.x; As[s + 5u] = h2.y; As[s + 6u] = h3.x; As[s + 7u] = h3.y;
-  }
+// Staging of one K step in two halves: `fetch*` reads the step's A tile and weight code words
+// from storage into registers, `put*` writes them to workgroup memory (the weight dequantized),
+// so the reads of step k + 1 are in flight while the products of step k run.
+// A tile: [BM x BK] (rows of p.K halves), 512 vectors of 8 halves, into As with row stride BK + PAD.
+fn fetchA(v: u32, m0: u32, k0: u32) -> vec4<u32> {
+  let o = v / (BK / 8u);
+  let i = (v % (BK / 8u)) * 8u;
+  if (m0 + o < p.M && k0 + i < p.K) { return a[((m0 + o) * p.K + k0 + i) / 8u]; }
+  return vec4<u32>(0u);
 }
 
-// W tile dequantized into Bs: [n][k] (stride BK + PAD) for W_TRANS, [k][n] (stride BN + PAD)
-// otherwise; 512 code words of 8 elements, 4 per invocation.
-fn stageW(tid: u32, n0: u32, k0: u32) {
-  for (var v = tid; v < 512u; v += 128u) {
-    var o: u32; // row of W
-    var i: u32; // first of 8 columns of W
-    var s: u32;
-    var valid: bool;
-    if (W_TRANS) {
-      let r = v / (BK / 8u);
-      let cc = (v % (BK / 8u)) * 8u;
-      o = n0 + r;
-      i = k0 + cc;
-      valid = o < p.N && i < p.K;
-      s = r * (BK + PAD) + cc;
-    } else {
-      let r = v / (BN / 8u);
-      let cc = (v % (BN / 8u)) * 8u;
-      o = k0 + r;
-      i = n0 + cc;
-      valid = o < p.K && i < p.N;
-      s = r * (BN + PAD) + cc;
+fn putA(v: u32, w: vec4<u32>) {
+  let s = (v / (BK / 8u)) * (BK + PAD) + (v % (BK / 8u)) * 8u;
+  let h0 = bitcast<vec2<f16>>(w.x);
+  let h1 = bitcast<vec2<f16>>(w.y);
+  let h2 = bitcast<vec2<f16>>(w.z);
+  let h3 = bitcast<vec2<f16>>(w.w);
+  As[s] = h0.x; As[s + 1u] = h0.y; As[s + 2u] = h1.x; As[s + 3u] = h1.y;
+  As[s + 4u] = h2.x; As[s + 5u] = h2.y; As[s + 6u] = h3.x; As[s + 7u] = h3.y;
+}
+
+// One code word of the W tile (8 elements of a row of W) with what its block scale needs.
+struct WordFetch {
+  word: u32,
+  absq: u32, // the 4 absmax codes that hold this block's
+  nested: f32, // the double-quantization scale of this block's group of 256
+  shift: u32, // bit offset of this block's absmax code in `absq`
+  valid: bool,
+}
+
+// Code word `v` of the W tile ([n][k] for W_TRANS, [k][n] otherwise; 512 words, 4 per invocation).
+fn wordPlace(v: u32, n0: u32, k0: u32) -> vec4<u32> { // row of W, first column, offset in Bs, valid
+  if (W_TRANS) {
+    let r = v / (BK / 8u);
+    let cc = (v % (BK / 8u)) * 8u;
+    return vec4<u32>(n0 + r, k0 + cc, r * (BK + PAD) + cc, u32(n0 + r < p.N && k0 + cc < p.K));
+  }
+  let r = v / (BN / 8u);
+  let cc = (v % (BN / 8u)) * 8u;
+  return vec4<u32>(k0 + r, n0 + cc, r * (BN + PAD) + cc, u32(k0 + r < p.K && n0 + cc < p.N));
+}
+
+fn fetchW(v: u32, n0: u32, k0: u32) -> WordFetch {
+  let at = wordPlace(v, n0, k0);
+  if (at.w == 0u) { return WordFetch(0u, 0u, 0.0, 0u, false); }
+  let f = at.x * p.IN + at.y;
+  let blk = f >> 6u;
+  return WordFetch(codes[f >> 3u], absq[blk >> 2u], nested[1u + (blk >> 8u)], (blk & 3u) * 8u, true);
+}
+
+fn putW(v: u32, n0: u32, k0: u32, w: WordFetch) {
+  let s = wordPlace(v, n0, k0).z;
+  if (w.valid) {
+    let am = dmap[(w.absq >> w.shift) & 0xffu] * w.nested + nested[0];
+    for (var j = 0u; j < 8u; j++) {
+      let q = (w.word >> ((j / 2u) * 8u + select(0u, 4u, (j & 1u) == 0u))) & 0xfu;
+      Bs[s + j] = f16(lut[q] * am);
     }
-    if (valid) {
-      let f = o * p.IN + i;
-      let word = codes[f >> 3u];
-      let blk = f >> 6u;
-      let aq = (absq[blk >> 2u] >> ((blk & 3u) * 8u)) & 0xffu;
-      let am = dmap[aq] * nested[1u + (blk >> 8u)] + nested[0];
-      for (var j = 0u; j < 8u; j++) {
-        let q = (word >> ((j / 2u) * 8u + select(0u, 4u, (j & 1u) == 0u))) & 0xfu;
-        Bs[s + j] = f16(lut[q] * am);
-      }
-    } else {
-      for (var j = 0u; j < 8u; j++) { Bs[s + j] = 0.0h; }
-    }
+  } else {
+    for (var j = 0u; j < 8u; j++) { Bs[s + j] = 0.0h; }
   }
 }
 
@@ -140,10 +147,24 @@ fn main(
   var c20: subgroup_matrix_result<f32, 16, 16>; var c21: subgroup_matrix_result<f32, 16, 16>; var c22: subgroup_matrix_result<f32, 16, 16>; var c23: subgroup_matrix_result<f32, 16, 16>;
   var c30: subgroup_matrix_result<f32, 16, 16>; var c31: subgroup_matrix_result<f32, 16, 16>; var c32: subgroup_matrix_result<f32, 16, 16>; var c33: subgroup_matrix_result<f32, 16, 16>;
   let bStride = select(BN + PAD, BK + PAD, W_TRANS); // Bs is [n][k] for W_TRANS, else [k][n]
+  var ra: array<vec4<u32>, 4>;
+  var rw: array<WordFetch, 4>;
+  for (var i = 0u; i < 4u; i++) {
+    ra[i] = fetchA(tid + i * 128u, m0, 0u);
+    rw[i] = fetchW(tid + i * 128u, n0, 0u);
+  }
   for (var k0 = 0u; k0 < p.K; k0 += BK) {
-    stageA(tid, m0, k0);
-    stageW(tid, n0, k0);
+    for (var i = 0u; i < 4u; i++) {
+      putA(tid + i * 128u, ra[i]);
+      putW(tid + i * 128u, n0, k0, rw[i]);
+    }
     workgroupBarrier();
+    if (k0 + BK < p.K) {
+      for (var i = 0u; i < 4u; i++) {
+        ra[i] = fetchA(tid + i * 128u, m0, k0 + BK);
+        rw[i] = fetchW(tid + i * 128u, n0, k0 + BK);
+      }
+    }
     for (var kk = 0u; kk < BK; kk += 16u) {
       let a0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&As, (sm + 0u) * (BK + PAD) + kk, BK + PAD);
       let a1 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&As, (sm + 16u) * (BK + PAD) + kk, BK + PAD);

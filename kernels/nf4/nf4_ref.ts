@@ -262,19 +262,26 @@ export function nf4CodeAt(w: Nf4Host, i: number): number {
 }
 
 /** Dequantized absmax of each block. */
-export function nf4AbsmaxRef(w: Nf4Host): Float32Array {
+export function nf4AbsmaxRef(w: Nf4Host, { fused = false }: { fused?: boolean } = {}): Float32Array {
   const { blocks } = nf4Counts(w.out, w.in);
   const out = new Float32Array(blocks);
   for (let b = 0; b < blocks; b++) {
-    out[b] = f32(f32(w.dynmap[wordByte(w.absmaxCodes, b)] * w.nested[1 + (b >> 8)]) + w.nested[0]);
+    const product = w.dynmap[wordByte(w.absmaxCodes, b)] * w.nested[1 + (b >> 8)]; // exact in float64
+    out[b] = fused ? f32(product + w.nested[0]) : f32(f32(product) + w.nested[0]);
   }
   return out;
 }
 
-/** Dequantized weight [out, in] as f32 values; with `f16` rounded to f16 as the kernels stage it. */
-export function nf4DequantRef(w: Nf4Host, { f16 = true }: { f16?: boolean } = {}): Float64Array {
+/** Dequantized weight [out, in] as f32 values; with `f16` rounded to f16 as the kernels stage it.
+ * With `fused`, each block's absmax is computed with one rounding (a fused multiply-add), as a GPU
+ * compiler may emit it (and as bitsandbytes' CUDA kernels compute it): the f16 weights may then
+ * differ from the two-rounding result by one unit in the last place. */
+export function nf4DequantRef(
+  w: Nf4Host,
+  { f16 = true, fused = false }: { f16?: boolean; fused?: boolean } = {},
+): Float64Array {
   const { n } = nf4Counts(w.out, w.in);
-  const absmax = nf4AbsmaxRef(w);
+  const absmax = nf4AbsmaxRef(w, { fused });
   const out = new Float64Array(n);
   for (let i = 0; i < n; i++) out[i] = f32(NF4_CODEBOOK[nf4CodeAt(w, i)] * absmax[i >> 6]);
   return f16 ? Float64Array.from(Float16Array.from(out)) : out;
