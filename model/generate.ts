@@ -11,16 +11,22 @@
 //   (causal); x += o_proj(o); x += down(swiglu(gate(rmsnorm(x)), up(rmsnorm(x))))
 //   then the last row only: logits f32 [V] = rmsnorm(x[T-1]) lm_head^T, read back once.
 // Decode step (one token at position n), preallocated buffers, one encoder per device:
-//   the same kernels at T = 1, rope at position n, k and v copied into cache row n, and
-//   decode attention (kernels/attention/decode_attention.ts) of the one query over rows 0..n.
+//   the linear layers as matrix-vector products (kernels/matvec: the weight read once, 16 bytes per
+//   load), LoRA as u = A16 h (a small matvec) and y = W h + s·B16 u in one pass, the o_proj and down
+//   products added straight into the residual stream (beta 1); rmsnorm, rope, swiglu at T = 1, rope
+//   at position n, k and v copied into cache row n, decode attention
+//   (kernels/attention/decode_attention.ts) of the one query over rows 0..n, lm_head as an f16
+//   matvec into f32 logits, copied into a persistent mappable buffer in the same submit and read
+//   from there (no staging buffer and no second submit per token). Shapes the matvec kernels do not
+//   take (NF4 in % 32 != 0, f16 in % 8 != 0) run through the general T = 1 kernels instead.
 // Sampling runs on the CPU (model/sampling.ts) from a seeded Rng. Layers spread over several
 // devices pass the hidden state [C] (or [T, C] in the prefill) through host memory.
 //
 // LoRA: applied in every linear (base product plus s·(x A^T) B^T), or, for an f16 base with
 // `merge`, folded once into private copies of the base weights: W' = W + s·B·A (f16).
 
-import { createBuffer, readBytes, readF32, releaseBuffer, upload, writeBuffer } from "../engine/buffers.ts";
-import { Encoder } from "../engine/encoder.ts";
+import { createBuffer, readBytes, releaseBuffer, upload, writeBuffer } from "../engine/buffers.ts";
+import { type Binding, Encoder } from "../engine/encoder.ts";
 import type { Gpu } from "../engine/gpu.ts";
 import { add, attention, type Linear, linear, rmsnorm, rope, swiglu } from "../engine/ops.ts";
 import { Rng } from "../engine/rng.ts";
@@ -31,6 +37,7 @@ import { residualAdd } from "../kernels/elementwise/elementwise.ts";
 import { checkEmbeddingIds, embeddingForward } from "../kernels/embedding/embedding.ts";
 import { loraForward } from "../kernels/lora/lora.ts";
 import { matmul } from "../kernels/matmul/matmul.ts";
+import { matvec, matvecUnsupported } from "../kernels/matvec/matvec.ts";
 import { nf4Matmul } from "../kernels/nf4/nf4.ts";
 import { rmsnormForward } from "../kernels/norm/rmsnorm.ts";
 import { ropeForward } from "../kernels/rope/rope.ts";
@@ -64,14 +71,153 @@ interface LayerState {
   mlpNorm: GPUBuffer;
   invFreq: GPUBuffer;
   proj: Record<LoraTarget, Linear>;
+  /** Whether each projection runs through the matvec kernels at T = 1. */
+  fast: Record<LoraTarget, boolean>;
   /** f16 [Tmax, KVH, D] each. */
   k: GPUBuffer;
   v: GPUBuffer;
 }
 
+/** Bytes of one dispatch's parameter slot in the decode step's uniform buffer. */
+const PARAM_SLOT_BYTES = 256;
+const UNIFORM_COPY_DST = 0x40 | 0x08;
+
+interface CachedDispatch {
+  pipeline: GPUComputePipeline;
+  buffers: Binding[];
+  bindGroup: GPUBindGroup;
+}
+
+function sameBindings(a: Binding[], b: Binding[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) {
+    const x = a[i];
+    const y = b[i];
+    if (x === y) continue;
+    if (!("buffer" in x) || !("buffer" in y)) return false;
+    if (x.buffer !== y.buffer || x.offset !== y.offset || x.size !== y.size) return false;
+  }
+  return true;
+}
+
+/** The bind groups and parameter slots of one device's decode step, kept across steps. */
+class StepBindings {
+  readonly dispatches: (CachedDispatch | undefined)[] = [];
+  uniforms: GPUBuffer | undefined;
+  data = new Uint8Array(0);
+
+  constructor(readonly gpu: Gpu) {}
+
+  /** Makes room for `n` slots; a new uniform buffer drops every cached bind group. */
+  reserve(n: number): void {
+    if (this.uniforms && this.data.byteLength >= n * PARAM_SLOT_BYTES) return;
+    this.uniforms?.destroy();
+    const slots = Math.max(64, 2 ** Math.ceil(Math.log2(n)));
+    this.uniforms = this.gpu.device.createBuffer({
+      size: slots * PARAM_SLOT_BYTES,
+      usage: UNIFORM_COPY_DST,
+      label: "decode.params",
+    });
+    this.data = new Uint8Array(slots * PARAM_SLOT_BYTES);
+    this.dispatches.length = 0;
+  }
+
+  destroy(): void {
+    this.uniforms?.destroy();
+    this.uniforms = undefined;
+    this.dispatches.length = 0;
+  }
+}
+
+/** An Encoder for the decode step. A step encodes the same dispatches on the same buffers every
+ * time (only parameters such as the cache length change), so dispatch i keeps its parameter slot
+ * i of a persistent uniform buffer, and its bind group from the previous step while the pipeline
+ * and buffers match; creating some 25 bind groups per layer per token was the largest CPU cost of
+ * a step. The parameters of the whole step go to the GPU in one write at submit. */
+class DecodeEncoder extends Encoder {
+  readonly #cache: StepBindings;
+  readonly #commands: GPUCommandEncoder;
+  #pass: GPUComputePassEncoder | undefined;
+  #count = 0;
+  #done = false;
+
+  constructor(cache: StepBindings, label: string) {
+    super(cache.gpu, { label });
+    this.#cache = cache;
+    this.#commands = cache.gpu.device.createCommandEncoder({ label });
+  }
+
+  override get dispatches(): number {
+    return this.#count;
+  }
+
+  override dispatch(
+    pipeline: GPUComputePipeline,
+    params: ArrayBufferView,
+    buffers: Binding[],
+    groups: readonly [number, number?, number?],
+  ): void {
+    if (this.#done) throw new Error("DecodeEncoder already submitted");
+    const [x, y = 1, z = 1] = groups;
+    const max = this.gpu.caps.limits.maxComputeWorkgroupsPerDimension;
+    if (x > max || y > max || z > max) {
+      throw new RangeError(
+        `Dispatch of ${x}x${y}x${z} workgroups exceeds ${max} per dimension (${pipeline.label})`,
+      );
+    }
+    if (x === 0 || y === 0 || z === 0) return;
+    if (params.byteLength > PARAM_SLOT_BYTES) {
+      throw new RangeError(
+        `${pipeline.label}: ${params.byteLength} bytes of parameters; slots hold ${PARAM_SLOT_BYTES}`,
+      );
+    }
+    const cache = this.#cache;
+    const i = this.#count++;
+    cache.reserve(i + 1);
+    cache.data.set(new Uint8Array(params.buffer, params.byteOffset, params.byteLength), i * PARAM_SLOT_BYTES);
+    let hit = cache.dispatches[i];
+    if (!hit || hit.pipeline !== pipeline || !sameBindings(hit.buffers, buffers)) {
+      const size = Math.max(16, Math.ceil(params.byteLength / 16) * 16);
+      const entries: GPUBindGroupEntry[] = [
+        { binding: 0, resource: { buffer: cache.uniforms!, offset: i * PARAM_SLOT_BYTES, size } },
+      ];
+      buffers.forEach((b, k) =>
+        entries.push({ binding: k + 1, resource: "buffer" in b ? b : { buffer: b } })
+      );
+      const bindGroup = this.gpu.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+      hit = { pipeline, buffers: buffers.slice(), bindGroup };
+      cache.dispatches[i] = hit;
+    }
+    this.#pass ??= this.#commands.beginComputePass();
+    this.#pass.setPipeline(pipeline);
+    this.#pass.setBindGroup(0, hit.bindGroup);
+    this.#pass.dispatchWorkgroups(x, y, z);
+  }
+
+  override copy(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number): void {
+    if (this.#done) throw new Error("DecodeEncoder already submitted");
+    this.#pass?.end();
+    this.#pass = undefined;
+    this.#commands.copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
+  }
+
+  override submit(): Promise<number | undefined> {
+    if (this.#done) throw new Error("DecodeEncoder already submitted");
+    this.#done = true;
+    this.#pass?.end();
+    const queue = this.gpu.device.queue;
+    const cache = this.#cache;
+    if (this.#count > 0) queue.writeBuffer(cache.uniforms!, 0, cache.data, 0, this.#count * PARAM_SLOT_BYTES);
+    queue.submit([this.#commands.finish()]);
+    return Promise.resolve(undefined);
+  }
+}
+
 /** The T = 1 workspace of one device. */
 interface DeviceState {
   gpu: Gpu;
+  /** Bind groups and parameter slots of this device's decode step. */
+  bindings: StepBindings;
   layers: LayerState[];
   /** f16 [C]: the residual stream of the decoded token. */
   x: GPUBuffer;
@@ -92,8 +238,19 @@ interface DeviceState {
   part: GPUBuffer; // decode attention workspace for n = Tmax
 }
 
+const MAP_READ_COPY_DST = 0x01 | 0x08;
+
 function bytesPerRow(cfg: LlamaConfig): number {
   return cfg.numKvHeads * cfg.headDim * 2;
+}
+
+/** Wall milliseconds of the decode steps so far, by phase: encoding the dispatches (CPU), the submit
+ * calls, and waiting for the GPU plus reading the logits back. */
+export interface DecodeTimes {
+  steps: number;
+  encodeMs: number;
+  submitMs: number;
+  waitReadMs: number;
 }
 
 /** A Llama with per-layer KV caches: prefill a prompt, then one token per step. */
@@ -106,8 +263,14 @@ export class KvCacheModel {
   #owned: GPUBuffer[] = [];
   #ids: number[] = [];
   #logits!: GPUBuffer;
+  /** f32 [V], mappable: the logits of the last position, copied from #logits in the same submit. */
+  #logitsRead!: GPUBuffer;
+  /** Whether lm_head runs through the matvec kernel. */
+  #fastHead = false;
   #idBuf!: GPUBuffer;
   #destroyed = false;
+  /** Phase times of every step() so far (reset with resetDecodeTimes). */
+  readonly decodeTimes: DecodeTimes = { steps: 0, encodeMs: 0, submitMs: 0, waitReadMs: 0 };
 
   private constructor(
     config: LlamaConfig,
@@ -170,6 +333,7 @@ export class KvCacheModel {
         const f16 = (n: number, label: string) => this.#keep(createBuffer(gpu, n * 2, "workspace", label));
         dev = {
           gpu,
+          bindings: new StepBindings(gpu),
           layers: [],
           x: f16(C, "decode.x"),
           h: f16(C, "decode.h"),
@@ -200,6 +364,8 @@ export class KvCacheModel {
         else proj[m] = lin;
       }
       const cacheBytes = Tmax * bytesPerRow(cfg);
+      const fast = {} as Record<LoraTarget, boolean>;
+      for (const m of ALL_LORA_TARGETS) fast[m] = matvecFits(w.gpu, proj[m]);
       dev.layers.push({
         index: w.index,
         gpu: w.gpu,
@@ -207,6 +373,7 @@ export class KvCacheModel {
         mlpNorm: w.mlpNorm,
         invFreq: w.invFreq,
         proj,
+        fast,
         k: this.#keep(createBuffer(w.gpu, cacheBytes, "activations", `kv.k${w.index}`)),
         v: this.#keep(createBuffer(w.gpu, cacheBytes, "activations", `kv.v${w.index}`)),
       });
@@ -215,6 +382,28 @@ export class KvCacheModel {
     const last = this.#devices.at(-1)!.gpu;
     this.#idBuf = this.#keep(createBuffer(first, 4, "workspace", "decode.id"));
     this.#logits = this.#keep(createBuffer(last, cfg.vocabSize * 4, "workspace", "decode.logits"));
+    this.#logitsRead = this.#keep(
+      createBuffer(last, cfg.vocabSize * 4, "workspace", "decode.logits_read", MAP_READ_COPY_DST),
+    );
+    this.#fastHead = matvecUnsupported(last.caps, "f16", { out: cfg.vocabSize, in: C }) === undefined;
+  }
+
+  /** Copies the logits into the mappable buffer (encode before the submit) ... */
+  #copyLogits(enc: Encoder): void {
+    enc.copy(this.#logits, 0, this.#logitsRead, 0, this.config.vocabSize * 4);
+  }
+
+  /** ... and reads them after it. */
+  async #readLogits(): Promise<Float32Array> {
+    const gpu = this.#devices.at(-1)!.gpu;
+    const bytes = this.config.vocabSize * 4;
+    await this.#logitsRead.mapAsync(1, /* GPUMapMode.READ */ 0, bytes);
+    try {
+      gpu.throwIfFailed();
+      return new Float32Array(this.#logitsRead.getMappedRange(0, bytes).slice(0));
+    } finally {
+      this.#logitsRead.unmap();
+    }
   }
 
   /** W' = W + s·B16·A16 into a new f16 weight [out, in]. */
@@ -249,6 +438,10 @@ export class KvCacheModel {
   /** The token ids in the cache, in order. */
   get tokens(): readonly number[] {
     return this.#ids;
+  }
+
+  resetDecodeTimes(): void {
+    Object.assign(this.decodeTimes, { steps: 0, encodeMs: 0, submitMs: 0, waitReadMs: 0 });
   }
 
   /** Forgets the cached tokens (the buffers stay). */
@@ -337,10 +530,11 @@ export class KvCacheModel {
     const enc = new Encoder(last.gpu, { label: "prefill last row" });
     enc.copy(x.buffer, (T - 1) * C * 2, last.x, 0, C * 2);
     await this.#head(enc, last);
+    this.#copyLogits(enc);
     await enc.submit();
     x.release();
     this.#ids = Array.from(ids);
-    return await readF32(last.gpu, this.#logits, cfg.vocabSize);
+    return await this.#readLogits();
   }
 
   /** Appends one token at position `length`; returns the logits f32 [V] of that position. */
@@ -351,6 +545,8 @@ export class KvCacheModel {
       cfg;
     const n = this.#ids.length;
     const row = bytesPerRow(cfg);
+    const times = this.decodeTimes;
+    let t0 = performance.now();
     for (let d = 0; d < this.#devices.length; d++) {
       const dev = this.#devices[d];
       const gpu = dev.gpu;
@@ -360,7 +556,7 @@ export class KvCacheModel {
         const prev = this.#devices[d - 1];
         writeBuffer(gpu, dev.x, new Uint8Array(await readBytes(prev.gpu, prev.x, C * 2)));
       }
-      const enc = new Encoder(gpu, { label: `decode step ${n}` });
+      const enc = new DecodeEncoder(dev.bindings, `decode step ${n}`);
       if (d === 0) {
         await embeddingForward(enc, {
           table: this.#weights.embed,
@@ -373,10 +569,11 @@ export class KvCacheModel {
       }
       for (const layer of dev.layers) {
         const p = layer.proj;
+        const f = layer.fast;
         await rmsnormForward(enc, { x: dev.x, w: layer.attnNorm, y: dev.h, rstd: dev.rstd, T: 1, C, eps });
-        await linear1(enc, p.q_proj, dev.h, dev.q, dev.u);
-        await linear1(enc, p.k_proj, dev.h, dev.k, dev.u);
-        await linear1(enc, p.v_proj, dev.h, dev.v, dev.u);
+        await linear1(enc, p.q_proj, f.q_proj, dev.h, dev.q, dev.u);
+        await linear1(enc, p.k_proj, f.k_proj, dev.h, dev.k, dev.u);
+        await linear1(enc, p.v_proj, f.v_proj, dev.h, dev.v, dev.u);
         await ropeForward(enc, {
           x: dev.q,
           out: dev.qr,
@@ -408,20 +605,28 @@ export class KvCacheModel {
           KVH,
           D,
         });
-        await linear1(enc, p.o_proj, dev.o, dev.c, dev.u);
-        await residualAdd(enc, { a: dev.x, b: dev.c, n: C });
+        await linear1(enc, p.o_proj, f.o_proj, dev.o, dev.c, dev.u, dev.x);
         await rmsnormForward(enc, { x: dev.x, w: layer.mlpNorm, y: dev.h, rstd: dev.rstd, T: 1, C, eps });
-        await linear1(enc, p.gate_proj, dev.h, dev.g, dev.u);
-        await linear1(enc, p.up_proj, dev.h, dev.up, dev.u);
+        await linear1(enc, p.gate_proj, f.gate_proj, dev.h, dev.g, dev.u);
+        await linear1(enc, p.up_proj, f.up_proj, dev.h, dev.up, dev.u);
         await swigluForward(enc, { g: dev.g, u: dev.up, h: dev.sw, n: I });
-        await linear1(enc, p.down_proj, dev.sw, dev.c, dev.u);
-        await residualAdd(enc, { a: dev.x, b: dev.c, n: C });
+        await linear1(enc, p.down_proj, f.down_proj, dev.sw, dev.c, dev.u, dev.x);
       }
-      if (d === this.#devices.length - 1) await this.#head(enc, dev);
+      if (d === this.#devices.length - 1) {
+        await this.#head(enc, dev);
+        this.#copyLogits(enc);
+      }
+      const t1 = performance.now();
+      times.encodeMs += t1 - t0;
       await enc.submit();
+      t0 = performance.now();
+      times.submitMs += t0 - t1;
     }
     this.#ids.push(id);
-    return await readF32(this.#devices.at(-1)!.gpu, this.#logits, cfg.vocabSize);
+    const logits = await this.#readLogits();
+    times.waitReadMs += performance.now() - t0;
+    times.steps++;
+    return logits;
   }
 
   /** Final norm of dev.x and the lm_head product into the logits buffer. */
@@ -436,16 +641,27 @@ export class KvCacheModel {
       C,
       eps,
     });
-    await matmul(enc, {
-      a: dev.h,
-      b: this.#weights.lmHead,
-      c: this.#logits,
-      M: 1,
-      N: V,
-      K: C,
-      layout: "nt",
-      out: "f32",
-    });
+    if (this.#fastHead) {
+      await matvec(enc, {
+        w: { kind: "f16", w: this.#weights.lmHead },
+        out: V,
+        in: C,
+        x: dev.h,
+        y: this.#logits,
+        yType: "f32",
+      });
+    } else {
+      await matmul(enc, {
+        a: dev.h,
+        b: this.#weights.lmHead,
+        c: this.#logits,
+        M: 1,
+        N: V,
+        K: C,
+        layout: "nt",
+        out: "f32",
+      });
+    }
   }
 
   /** Brings the cache to exactly `ids` and returns the logits of the last one: keeps the longest
@@ -466,19 +682,50 @@ export class KvCacheModel {
   destroy(): void {
     if (this.#destroyed) return;
     this.#destroyed = true;
+    for (const dev of this.#devices) dev.bindings.destroy();
     for (const b of this.#owned) releaseBuffer(b);
     this.#owned = [];
   }
 }
 
-/** One linear layer at T = 1 on preallocated buffers: base product plus the LoRA path when present. */
+/** Whether the matvec kernels take this projection (base and, with LoRA, the A product). */
+function matvecFits(gpu: Gpu, lin: Linear): boolean {
+  const caps = gpu.caps;
+  const R = lin.lora?.R ?? 0;
+  if (matvecUnsupported(caps, lin.base.kind, { out: lin.out, in: lin.in, K2: R }) !== undefined) return false;
+  return !lin.lora || matvecUnsupported(caps, "f16", { out: R, in: lin.in }) === undefined;
+}
+
+/** One linear layer at T = 1 on preallocated buffers: y = x W^T (+ s·(x A^T) B^T). With `addInto`
+ * (the residual stream) the result is added into that buffer instead (`y` is then scratch). `fast`:
+ * through the matvec kernels (matvecFits), else the general kernels at T = 1. */
 async function linear1(
   enc: Encoder,
   lin: Linear,
+  fast: boolean,
   x: GPUBuffer,
   y: GPUBuffer,
   u: GPUBuffer,
+  addInto?: GPUBuffer,
 ): Promise<void> {
+  if (fast) {
+    const lora = lin.lora;
+    if (lora) {
+      await matvec(enc, { w: { kind: "f16", w: lora.a16 }, out: lora.R, in: lin.in, x, y: u, yType: "f16" });
+    }
+    await matvec(enc, {
+      w: lin.base,
+      out: lin.out,
+      in: lin.in,
+      x,
+      y: addInto ?? y,
+      yType: "f16",
+      beta: addInto ? 1 : 0,
+      K2: lora?.R,
+      second: lora ? { w: lora.b16, x: u, alpha: lora.scale } : undefined,
+    });
+    return;
+  }
   if (lin.lora) {
     await loraForward(enc, {
       T: 1,
@@ -499,6 +746,7 @@ async function linear1(
   } else {
     await matmul(enc, { a: x, b: lin.base.w, c: y, M: 1, N: lin.out, K: lin.in, layout: "nt", out: "f16" });
   }
+  if (addInto) await residualAdd(enc, { a: addInto, b: y, n: lin.out });
 }
 
 /** Moves a tensor to another device through host memory (the source is released). */

@@ -1,12 +1,17 @@
 // Decoding speed at batch 1: an 8B-shaped random model with NF4 base weights (quantized on the GPU,
 // no download) and a LoRA adapter r = 64 on all seven projections (applied unmerged, as QLoRA
-// inference runs), KV cache of 512 rows, a 256-token prompt prefilled, then greedy decode steps
+// inference runs), KV cache of 128 rows, a 32-token prompt prefilled, then greedy decode steps
 // timed end to end (encode, submit, logits readback, argmax on the CPU). Row decode_8b_nf4: ms per
-// token; gbps = the weight bytes one token reads (NF4 codes + absmax codes + nested absmax of every
-// projection, f16 LoRA factors, norms, f16 lm_head, one embedding row) per second of that time, so
-// `compare` relates it to the copy bandwidth of the same device (ref copy_bandwidth).
+// token; gbps = the bytes one token must read (NF4 codes + absmax codes + nested absmax + dynamic map
+// of every projection, f16 LoRA factors, norms, f16 lm_head, one embedding row, the KV cache rows
+// attended to) per second of that time, so `compare` relates it to the copy bandwidth of the same
+// device (ref copy_bandwidth): the fraction of the memory-bandwidth limit that decoding reaches. The
+// bench also measures a buffer copy itself and prints tokens/s, that ratio, and where a step's wall
+// time goes (CPU encoding, submit, waiting for the GPU and reading the logits).
 // Quick: a tiny config, 64-row cache.
 
+import { createBuffer } from "../engine/buffers.ts";
+import type { Gpu } from "../engine/gpu.ts";
 import { type BenchContext, type BenchRow, gpuRow } from "../bench/harness.ts";
 import { LLAMA31_8B } from "./config.ts";
 import { KvCacheModel } from "./generate.ts";
@@ -27,7 +32,7 @@ const TINY: LlamaConfig = {
   eosTokenIds: [1],
 };
 
-/** Bytes of weights one decoded token reads. */
+/** Bytes of weights one decoded token reads (without the KV cache). */
 export function decodeWeightBytes(cfg: LlamaConfig, r: number): number {
   const C = cfg.hiddenSize;
   let perLayer = 2 * C * 2; // the two norms
@@ -41,37 +46,80 @@ export function decodeWeightBytes(cfg: LlamaConfig, r: number): number {
   return cfg.numLayers * perLayer + C * 2 + cfg.vocabSize * C * 2 + C * 2; // + final norm, lm_head, embedding row
 }
 
+/** Bytes of the KV cache that decode attention reads at cache length n (k and v of every layer). */
+export function decodeCacheBytes(cfg: LlamaConfig, n: number): number {
+  return cfg.numLayers * 2 * n * cfg.numKvHeads * cfg.headDim * 2;
+}
+
+/** GB/s of a plain buffer-to-buffer copy (read + write bytes): the wall time of 2N copies minus N
+ * copies in one submit each, over N, so the submit and wait overhead cancels. */
+async function copyGbps(gpu: Gpu, quick: boolean): Promise<number> {
+  const bytes = Math.min(quick ? 16 * 2 ** 20 : 2 ** 30, Math.floor(gpu.caps.limits.maxBufferSize / 4) * 4);
+  const src = createBuffer(gpu, bytes, "workspace", "copy src");
+  const dst = createBuffer(gpu, bytes, "workspace", "copy dst");
+  const run = async (reps: number) => {
+    const enc = gpu.device.createCommandEncoder();
+    for (let i = 0; i < reps; i++) enc.copyBufferToBuffer(src, 0, dst, 0, bytes);
+    const t0 = performance.now();
+    gpu.device.queue.submit([enc.finish()]);
+    await gpu.device.queue.onSubmittedWorkDone();
+    return performance.now() - t0;
+  };
+  try {
+    await run(2);
+    const n = quick ? 4 : 10;
+    const samples: number[] = [];
+    for (let s = 0; s < 3; s++) samples.push(Math.max(1e-6, ((await run(2 * n)) - (await run(n))) / n));
+    samples.sort((a, b) => a - b);
+    return (2 * bytes) / (samples[1] * 1e-3) / 1e9;
+  } finally {
+    src.destroy();
+    dst.destroy();
+  }
+}
+
 export default async function bench(ctx: BenchContext): Promise<BenchRow[]> {
   const config = ctx.quick ? TINY : LLAMA31_8B;
   const r = ctx.quick ? 8 : 64;
-  const cache = ctx.quick ? 64 : 512;
-  const promptLen = cache / 2;
-  const steps = ctx.quick ? 8 : 64;
+  const cache = ctx.quick ? 64 : 128;
+  const promptLen = ctx.quick ? 16 : 32;
+  const steps = ctx.quick ? 8 : 24;
   const rows: BenchRow[] = [];
   for (const gpu of ctx.gpus) {
+    const copy = await copyGbps(gpu, ctx.quick);
     const lora = { r, alpha: r, dropout: 0, targets: [...ALL_LORA_TARGETS], useRslora: false };
     const model = await randomLlama(config, 1, { gpus: gpu, lora, baseFormat: "nf4" });
     const kv = await KvCacheModel.create(model, { maxTokens: cache });
     try {
       const prompt = Array.from({ length: promptLen }, (_, i) => (i * 7919 + 3) % config.vocabSize);
-      // Warm-up: pipelines of the prefill and of the decode step.
+      // Warm-up: pipelines of the prefill and of the decode step, the step's bind groups.
       let logits = await kv.prefill(prompt);
       for (let i = 0; i < 2; i++) logits = await kv.step(argmax(logits));
       const samples: number[] = [];
+      let phases = "";
       for (let rep = 0; rep < (ctx.quick ? 1 : 3); rep++) {
         logits = await kv.prefill(prompt);
+        kv.resetDecodeTimes();
         const t0 = performance.now();
         for (let i = 0; i < steps; i++) logits = await kv.step(argmax(logits));
-        samples.push((performance.now() - t0) / steps);
+        const ms = (performance.now() - t0) / steps;
+        samples.push(ms);
+        const t = kv.decodeTimes;
+        const per = (v: number) => (v / t.steps).toFixed(2);
+        phases = `encode ${per(t.encodeMs)} ms, submit ${per(t.submitMs)} ms, ` +
+          `GPU wait + logits readback ${per(t.waitReadMs)} ms, rest (argmax, JS) ` +
+          `${(ms - (t.encodeMs + t.submitMs + t.waitReadMs) / t.steps).toFixed(2)} ms`;
       }
       samples.sort((a, b) => a - b);
       const ms = samples[Math.floor(samples.length / 2)];
-      const bytes = decodeWeightBytes(config, r);
+      const meanLength = promptLen + (steps + 1) / 2;
+      const bytes = decodeWeightBytes(config, r) + decodeCacheBytes(config, meanLength);
+      const gbps = bytes / (ms * 1e-3) / 1e9;
       console.error(
-        `decode_8b_nf4 on ${gpu.name}: ${(1000 / ms).toFixed(1)} tokens/s, ${
-          (bytes / 2 ** 30).toFixed(2)
-        } GiB ` +
-          `of weights per token`,
+        `decode_8b_nf4 on ${gpu.name}: ${(1000 / ms).toFixed(1)} tokens/s (${ms.toFixed(2)} ms/token), ` +
+          `${(bytes / 2 ** 30).toFixed(2)} GiB read per token, ${gbps.toFixed(0)} GB/s = ` +
+          `${(100 * gbps / copy).toFixed(0)}% of the measured copy bandwidth ${copy.toFixed(0)} GB/s ` +
+          `(limit ${(copy * 1e9 / bytes).toFixed(1)} tokens/s); per token: ${phases}`,
       );
       const shape =
         `L=${config.numLayers} C=${config.hiddenSize} V=${config.vocabSize} nf4 lora r=${r} all7 ` +
