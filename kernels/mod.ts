@@ -11,3 +11,4 @@ export * from "./norm/rmsnorm.ts";
 export * from "./rope/rope.ts";
 export * from "./swiglu/swiglu.ts";
 export * from "./embedding/embedding.ts";
+export * from "./matvec/matvec.ts";
