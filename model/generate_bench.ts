@@ -117,7 +117,7 @@ export default async function bench(ctx: BenchContext): Promise<BenchRow[]> {
       const gbps = bytes / (ms * 1e-3) / 1e9;
       console.error(
         `decode_8b_nf4 on ${gpu.name}: ${(1000 / ms).toFixed(1)} tokens/s (${ms.toFixed(2)} ms/token), ` +
-          `${(bytes / 2 ** 30).toFixed(2)} GiB read per token, ${gbps.toFixed(0)} GB/s = ` +
+          `${(bytes / 2 ** 20).toFixed(1)} MiB read per token, ${gbps.toFixed(0)} GB/s = ` +
           `${(100 * gbps / copy).toFixed(0)}% of the measured copy bandwidth ${copy.toFixed(0)} GB/s ` +
           `(limit ${(copy * 1e9 / bytes).toFixed(1)} tokens/s); per token: ${phases}`,
       );
