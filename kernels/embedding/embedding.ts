@@ -6,6 +6,10 @@
 //   table: f16 [V, C]   ids: i32 [T]   out, dy: f16 [T, C]   dTable: f32 [V, C]
 // Ids outside [0, V) give zero rows in the forward and no gradient; checkEmbeddingIds finds them on
 // the CPU first with a message that names them.
+//
+// The forward copies rows as 16-byte vectors where C is a multiple of 8 (every Llama hidden size),
+// otherwise as 4-byte words; two units per invocation, all loads before the stores, one workgroup
+// row per token.
 
 import type { Binding, Encoder } from "../../engine/encoder.ts";
 import { elementwiseGrid } from "../elementwise/elementwise.ts";
@@ -87,17 +91,26 @@ export interface EmbeddingForwardArgs {
   V: number;
 }
 
+/** Units one workgroup of the forward copies (WG * UNITS in the shader). */
+const FORWARD_UNITS_PER_GROUP = 256 * 2;
+
 /** out[t, :] = table[ids[t], :]; zeros for ids outside [0, V). */
 export async function embeddingForward(enc: Encoder, args: EmbeddingForwardArgs): Promise<void> {
   const { T, C, V } = args;
   checkShape("embeddingForward", T, C, V);
-  const pipeline = await enc.gpu.pipelines.get({ shader: SHADER, entry: "forward" });
-  enc.dispatch(
-    pipeline,
-    params(T, C, V, 0),
-    [args.table, args.ids, args.out],
-    elementwiseGrid(enc.gpu.caps, (T * C) / 2),
-  );
+  if (T === 0) return;
+  const vector = C % 8 === 0;
+  const pipeline = await enc.gpu.pipelines.get({
+    shader: SHADER,
+    entry: vector ? "forward" : "forward_words",
+  });
+  const max = enc.gpu.caps.limits.maxComputeWorkgroupsPerDimension;
+  const x = Math.ceil(C / (vector ? 8 : 2) / FORWARD_UNITS_PER_GROUP);
+  const z = Math.ceil(T / max);
+  if (z > max) {
+    throw new RangeError(`embeddingForward: T = ${T} tokens exceed the ${max}x${max} workgroup grid`);
+  }
+  enc.dispatch(pipeline, params(T, C, V, 0), [args.table, args.ids, args.out], [x, Math.ceil(T / z), z]);
 }
 
 export interface EmbeddingBackwardArgs {

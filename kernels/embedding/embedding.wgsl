@@ -3,8 +3,12 @@
 //   forward:  out[t, :] = table[ids[t], :], or zeros where ids[t] is outside [0, V)
 //   backward: for each distinct id u (a plan made on the CPU groups the tokens by id),
 //             dtable[u, :] += sum over its tokens t of dy[t, :]   (f32, fixed order, no atomics)
-// Rows move as pairs of f16 (one u32 word, vec2<f16>), so C must be even. The workgroup grid may
-// be 2D (flat index wg.y * num_workgroups.x + wg.x).
+// Forward: row t is copied by the workgroups (x, y, z) with z * num_workgroups.y + y = t; workgroup
+// x covers the row's units [x * WG * UNITS, (x + 1) * WG * UNITS), lane l its units l, l + WG, ...,
+// all loads issued before the stores. A unit is 16 bytes (8 halves, `forward`, for C a multiple of
+// 8) or one 4-byte word (2 halves, `forward_words`, for other even C). The backward moves pairs of
+// halves (vec2<f16>), one workgroup per distinct id (2D grid, flat index wg.y * num_workgroups.x +
+// wg.x).
 enable f16;
 
 struct Params {
@@ -15,13 +19,19 @@ struct Params {
 }
 
 const WG = 256u;
+const UNITS = 2u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-// forward: table [V, C] f16, ids [T] i32, out [T, C] f16
-@group(0) @binding(1) var<storage, read> f_table: array<u32>;
+// forward: table [V, C] f16, ids [T] i32, out [T, C] f16 (as 16-byte units)
+@group(0) @binding(1) var<storage, read> f_table: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> f_ids: array<i32>;
-@group(0) @binding(3) var<storage, read_write> f_out: array<u32>;
+@group(0) @binding(3) var<storage, read_write> f_out: array<vec4<u32>>;
+
+// forward_words: the same as 4-byte words
+@group(0) @binding(1) var<storage, read> w_table: array<u32>;
+@group(0) @binding(2) var<storage, read> w_ids: array<i32>;
+@group(0) @binding(3) var<storage, read_write> w_out: array<u32>;
 
 // backward: dy [T, C] f16, order [T] u32 (token indices grouped by id), starts [U + 1] u32,
 // ids [U] i32 (the distinct ids), dtable [V, C] f32
@@ -37,19 +47,58 @@ fn forward(
   @builtin(num_workgroups) nwg: vec3<u32>,
   @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-  let idx = (wg.y * nwg.x + wg.x) * WG + lid.x;
-  let C2 = p.C / 2u;
-  let t = idx / C2;
+  let t = wg.z * nwg.y + wg.y;
   if (t >= p.T) {
     return;
   }
-  let col = idx - t * C2;
+  let row = p.C / 8u;
+  let c0 = wg.x * (WG * UNITS) + lid.x;
   let id = f_ids[t];
-  var v = 0u;
-  if (id >= 0 && u32(id) < p.V) {
-    v = f_table[u32(id) * C2 + col];
+  let valid = id >= 0 && u32(id) < p.V;
+  let src = u32(id) * row;
+  var v: array<vec4<u32>, UNITS>;
+  for (var k = 0u; k < UNITS; k++) {
+    let c = c0 + k * WG;
+    if (valid && c < row) {
+      v[k] = f_table[src + c];
+    }
   }
-  f_out[idx] = v;
+  for (var k = 0u; k < UNITS; k++) {
+    let c = c0 + k * WG;
+    if (c < row) {
+      f_out[t * row + c] = v[k];
+    }
+  }
+}
+
+@compute @workgroup_size(WG)
+fn forward_words(
+  @builtin(workgroup_id) wg: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+  let t = wg.z * nwg.y + wg.y;
+  if (t >= p.T) {
+    return;
+  }
+  let row = p.C / 2u;
+  let c0 = wg.x * (WG * UNITS) + lid.x;
+  let id = w_ids[t];
+  let valid = id >= 0 && u32(id) < p.V;
+  let src = u32(id) * row;
+  var v: array<u32, UNITS>;
+  for (var k = 0u; k < UNITS; k++) {
+    let c = c0 + k * WG;
+    if (valid && c < row) {
+      v[k] = w_table[src + c];
+    }
+  }
+  for (var k = 0u; k < UNITS; k++) {
+    let c = c0 + k * WG;
+    if (c < row) {
+      w_out[t * row + c] = v[k];
+    }
+  }
 }
 
 @compute @workgroup_size(WG)

@@ -67,7 +67,9 @@ await gpuTest(
     const seed = testSeed();
     const rng = new Rng(seed);
     try {
-      for (const [T, C, V] of [[1, 2, 1], [37, 130, 11], [300, 64, 50], [21, 1000, 300]]) {
+      // Word rows (C not a multiple of 8) and vector rows, each also longer than one workgroup.
+      const shapes = [[1, 2, 1], [37, 130, 11], [3, 1030, 5], [300, 64, 50], [21, 1000, 300], [5, 4104, 7]];
+      for (const [T, C, V] of shapes) {
         await checkCase(gpu, rng, T, C, V);
       }
     } catch (e) {
