@@ -12,17 +12,26 @@ export interface Timing {
 }
 
 /** Times `encodeOnce` (which encodes one repetition of the work into the encoder): `reps`
- * repetitions per submit, `samples` submits, after `warmup` repetitions. */
+ * repetitions per submit, `samples` submits, after warm-up submits of `warmup` repetitions that
+ * go on for at least `warmupMs` of wall time, so that the GPU's clocks have left their idle
+ * state (a short kernel timed right after an idle pause runs several times slower). */
 export async function timeGpu(
   gpu: Gpu,
   encodeOnce: (enc: Encoder) => Promise<void> | void,
-  { warmup = 2, reps = 10, samples = 5 }: { warmup?: number; reps?: number; samples?: number } = {},
+  { warmup = 2, reps = 10, samples = 5, warmupMs = 150 }: {
+    warmup?: number;
+    reps?: number;
+    samples?: number;
+    warmupMs?: number;
+  } = {},
 ): Promise<Timing> {
-  if (warmup > 0) {
+  const warmStart = performance.now();
+  for (let round = 0; warmup > 0 && round < 1000; round++) {
     const enc = new Encoder(gpu, { label: "warmup" });
     for (let i = 0; i < warmup; i++) await encodeOnce(enc);
     await enc.submit();
     await gpu.sync();
+    if (performance.now() - warmStart >= warmupMs) break;
   }
   const source = gpu.caps.timestamps ? "timestamp" : "wall";
   const perRep: number[] = [];

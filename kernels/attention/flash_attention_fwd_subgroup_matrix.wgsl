@@ -5,8 +5,8 @@
 // and walks the key/value rows in blocks of BC = 32. Per block: S = Q·K^T as fragments (Q's
 // fragments stay in registers), stored to workgroup memory; the online softmax runs two
 // invocations per query row (each the full row's max, half the row's exponentials), writing
-// P in f16; P·V as fragments, each 16x16 piece staged through workgroup memory and added into
-// the invocations' f32 output registers after the rescale by exp(m_old - m_new).
+// P in f16; P·V as fragments, four 16x16 pieces at a time staged through workgroup memory and
+// added into the invocations' f32 output registers after the rescale by exp(m_old - m_new).
 // D is a multiple of 16, at most 128. Rows past T are zero and never written.
 enable f16;
 enable subgroups;
@@ -39,7 +39,8 @@ const NEG = -1.0e30;
 // Q (64 rows) before the loop; then K in rows 0..BC-1 and V in rows BC..2BC-1; row stride D + PAD.
 var<workgroup> KV: array<f16, BR * (MAXD + PAD)>;
 var<workgroup> Ps: array<f16, BR * (BC + PAD)>; // P of the block, [query row][kv row]
-var<workgroup> S: array<f32, BR * BC>; // scores; then each subgroup's 16x16 P·V pieces
+// Scores [query row][kv row] (the first BR * BC); then each subgroup's four 16x16 P·V pieces.
+var<workgroup> S: array<f32, 4096>;
 var<workgroup> rowSum: array<f32, 128>;
 
 fn put8(s: u32, w: vec4<u32>) {
@@ -139,17 +140,29 @@ fn main(
 
     let pf0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&Ps, sg * 16u * (BC + PAD), BC + PAD);
     let pf1 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&Ps, sg * 16u * (BC + PAD) + 16u, BC + PAD);
-    for (var dn = 0u; dn < D / 16u; dn++) {
-      var pv = subgroup_matrix_result<f32, 16, 16>();
-      let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&KV, BC * stride + dn * 16u, stride);
-      pv = subgroupMatrixMultiplyAccumulate(pf0, v0, pv);
-      let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&KV, (BC + 16u) * stride + dn * 16u, stride);
-      pv = subgroupMatrixMultiplyAccumulate(pf1, v1, pv);
-      subgroupMatrixStore<row_major>(&S, sg * 16u * BC, pv, 16u);
+    // P·V in passes of four 16-column pieces: all four go to this subgroup's scratch, then one
+    // barrier, then the invocations add their row's halves into their registers.
+    for (var d0 = 0u; d0 < D / 16u; d0 += 4u) {
+      for (var f = 0u; f < 4u; f++) {
+        let dn = d0 + f;
+        if (dn < D / 16u) {
+          var pv = subgroup_matrix_result<f32, 16, 16>();
+          let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&KV, BC * stride + dn * 16u, stride);
+          pv = subgroupMatrixMultiplyAccumulate(pf0, v0, pv);
+          let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&KV, (BC + 16u) * stride + dn * 16u, stride);
+          pv = subgroupMatrixMultiplyAccumulate(pf1, v1, pv);
+          subgroupMatrixStore<row_major>(&S, (sg * 4u + f) * 256u, pv, 16u);
+        }
+      }
       workgroupBarrier();
-      let at = sg * 16u * BC + rr * 16u + half * 8u;
-      acc[dn * 2u] += vec4<f32>(S[at], S[at + 1u], S[at + 2u], S[at + 3u]);
-      acc[dn * 2u + 1u] += vec4<f32>(S[at + 4u], S[at + 5u], S[at + 6u], S[at + 7u]);
+      for (var f = 0u; f < 4u; f++) {
+        let dn = d0 + f;
+        if (dn < D / 16u) {
+          let at = (sg * 4u + f) * 256u + rr * 16u + half * 8u;
+          acc[dn * 2u] += vec4<f32>(S[at], S[at + 1u], S[at + 2u], S[at + 3u]);
+          acc[dn * 2u + 1u] += vec4<f32>(S[at + 4u], S[at + 5u], S[at + 6u], S[at + 7u]);
+        }
+      }
       workgroupBarrier();
     }
   }

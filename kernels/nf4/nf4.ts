@@ -363,22 +363,18 @@ export async function nf4Matmul(enc: Encoder, args: Nf4MatmulArgs): Promise<void
   const pipeline = await enc.gpu.pipelines.get({
     shader: variant === "tiled" ? TILED : SUBGROUP_MATRIX,
     constants: { W_TRANS: mode === "fwd" ? 1 : 0 },
-    substitutions: variant === "tiled"
-      ? { OUT: args.out }
-      : { OUT: args.out, W_LAYOUT: mode === "fwd" ? "col_major" : "row_major" },
+    substitutions: { OUT: args.out },
   });
   const params = new ArrayBuffer(24);
   new Uint32Array(params, 0, 3).set([T, N, K]);
   new Float32Array(params, 12, 2).set([args.alpha ?? 1, args.beta ?? 0]);
   new Uint32Array(params, 20, 1)[0] = w.in;
-  const tile = variant === "tiled" ? 64 : 128;
+  // Output tile per workgroup: 64x64 (tiled), 256 rows x 128 columns (subgroup matrices).
+  const [tileT, tileN] = variant === "tiled" ? [64, 64] : [256, 128];
   enc.dispatch(
     pipeline,
     new Uint8Array(params),
     [args.x, w.codes, w.absmaxCodes, w.nested, w.dynmap, args.y],
-    [
-      Math.ceil(N / tile),
-      Math.ceil(T / tile),
-    ],
+    [Math.ceil(N / tileN), Math.ceil(T / tileT)],
   );
 }

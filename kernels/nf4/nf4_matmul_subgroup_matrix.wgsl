@@ -3,62 +3,55 @@
 // Operands and W_TRANS as in nf4_matmul_tiled.wgsl. A (f16 activations [M,K]) is staged 8 halves
 // at a time, so K must be a multiple of 8; the weight is staged one code word (8 consecutive
 // elements of a row of W, all in one 64-block) at a time, so IN must be a multiple of 8.
-// Each staged W tile is dequantized into workgroup memory as f16 (never whole in memory), the
-// next K step's reads in flight meanwhile; then the product runs as in kernels/matmul/matmul_subgroup_matrix.wgsl: a workgroup of 4 subgroups
-// of 32 computes a 128x128 tile of C, each subgroup 64x64 (4x4 fragments), K in steps of 32.
+// A workgroup of 8 subgroups of 32 computes a 256x128 tile of C, each subgroup 64x64 (4x4
+// fragments), over K in steps of 32. Both tiles sit in workgroup memory K-innermost (As [m][k],
+// Bs [n][k], row stride 40 halves), so every fragment loads in its native layout. Each W tile is
+// dequantized there as f16 (the weight is never whole in memory), two elements per lookup of a
+// code-byte table; with W_TRANS false (dX = dY W) the tile is transposed on the way, the 32
+// lanes of a subgroup taking 32 consecutive k. The reads of K step k + 1 (A vectors, code words
+// and their block scales) are in flight while the products of step k run.
 // Other edges are ragged: rows and K beyond the matrix read as zero and are never written.
 enable f16;
 enable subgroups;
 enable chromium_experimental_subgroup_matrix;
 
-struct Params {
-  M: u32,
-  N: u32,
-  K: u32,
-  alpha: f32,
-  beta: f32,
-  IN: u32,
-}
+struct Params { M: u32, N: u32, K: u32, alpha: f32, beta: f32, IN: u32, }
 
 override W_TRANS: bool = true;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<vec4<u32>>; // 8 halves per element
+@group(0) @binding(1) var<storage, read> a: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> codes: array<u32>;
 @group(0) @binding(3) var<storage, read> absq: array<u32>;
 @group(0) @binding(4) var<storage, read> nested: array<f32>;
 @group(0) @binding(5) var<storage, read> dynmap: array<f32>;
 @group(0) @binding(6) var<storage, read_write> c: array<{{OUT}}>;
 
-const BM = 128u;
+const BM = 256u;
 const BN = 128u;
 const BK = 32u;
-const PAD = 8u;
-const TILE = 5120u; // max(128 * (32 + 8), 32 * (128 + 8)) halves
+const STRIDE = 40u;
 
 const NF4 = array<u32, 16>(
   0xbf800000u, 0xbf3239b1u, 0xbf066b30u, 0xbeca32a0u, 0xbe91a24du, 0xbe3d353fu, 0xbdba7871u, 0x00000000u,
   0x3da2faffu, 0x3e24cae3u, 0x3e7c04ddu, 0x3ead033au, 0x3ee1a4b8u, 0x3f1007abu, 0x3f3913b3u, 0x3f800000u);
 
-var<workgroup> As: array<f16, TILE>;
-var<workgroup> Bs: array<f16, TILE>;
-var<workgroup> Cs: array<f32, 1024>; // one 16x16 fragment per subgroup for the epilogue
-var<workgroup> lut: array<f32, 16>;
+var<workgroup> As: array<f16, BM * STRIDE>; // [m][k]
+var<workgroup> Bs: array<f16, BN * STRIDE>; // [n][k]
+var<workgroup> Cs: array<f32, 2048>; // one 16x16 fragment per subgroup for the epilogue
+var<workgroup> lut2: array<vec2<f32>, 256>; // code byte -> NF4 values of (high nibble, low nibble)
 var<workgroup> dmap: array<f32, 256>;
 
-// Staging of one K step in two halves: `fetch*` reads the step's A tile and weight code words
-// from storage into registers, `put*` writes them to workgroup memory (the weight dequantized),
-// so the reads of step k + 1 are in flight while the products of step k run.
-// A tile: [BM x BK] (rows of p.K halves), 512 vectors of 8 halves, into As with row stride BK + PAD.
+// A tile [BM x BK]: 1024 vectors of 8 halves, 4 per invocation.
 fn fetchA(v: u32, m0: u32, k0: u32) -> vec4<u32> {
-  let o = v / (BK / 8u);
-  let i = (v % (BK / 8u)) * 8u;
+  let o = v / 4u;
+  let i = (v % 4u) * 8u;
   if (m0 + o < p.M && k0 + i < p.K) { return a[((m0 + o) * p.K + k0 + i) / 8u]; }
   return vec4<u32>(0u);
 }
 
 fn putA(v: u32, w: vec4<u32>) {
-  let s = (v / (BK / 8u)) * (BK + PAD) + (v % (BK / 8u)) * 8u;
+  let s = (v / 4u) * STRIDE + (v % 4u) * 8u;
   let h0 = bitcast<vec2<f16>>(w.x);
   let h1 = bitcast<vec2<f16>>(w.y);
   let h2 = bitcast<vec2<f16>>(w.z);
@@ -67,7 +60,7 @@ fn putA(v: u32, w: vec4<u32>) {
   As[s + 4u] = h2.x; As[s + 5u] = h2.y; As[s + 6u] = h3.x; As[s + 7u] = h3.y;
 }
 
-// One code word of the W tile (8 elements of a row of W) with what its block scale needs.
+// One code word of the W tile with what its block scale needs.
 struct WordFetch {
   word: u32,
   absq: u32, // the 4 absmax codes that hold this block's
@@ -76,36 +69,43 @@ struct WordFetch {
   valid: bool,
 }
 
-// Code word `v` of the W tile ([n][k] for W_TRANS, [k][n] otherwise; 512 words, 4 per invocation).
-fn wordPlace(v: u32, n0: u32, k0: u32) -> vec4<u32> { // row of W, first column, offset in Bs, valid
+// Word v of the W tile (512 words of 8 elements, 2 per invocation). W_TRANS: 8 consecutive k of row n of W
+// (4 words per row). Otherwise 8 consecutive n of row k of W; the 32 lanes take 32 consecutive k.
+// Returns (row of W, first column, first Bs offset, Bs step between the 8 elements).
+fn wordPlace(v: u32, n0: u32, k0: u32) -> vec4<u32> {
   if (W_TRANS) {
-    let r = v / (BK / 8u);
-    let cc = (v % (BK / 8u)) * 8u;
-    return vec4<u32>(n0 + r, k0 + cc, r * (BK + PAD) + cc, u32(n0 + r < p.N && k0 + cc < p.K));
+    let r = v / 4u;
+    let cc = (v % 4u) * 8u;
+    return vec4<u32>(n0 + r, k0 + cc, r * STRIDE + cc, 1u);
   }
-  let r = v / (BN / 8u);
-  let cc = (v % (BN / 8u)) * 8u;
-  return vec4<u32>(k0 + r, n0 + cc, r * (BN + PAD) + cc, u32(k0 + r < p.K && n0 + cc < p.N));
+  let k = v % BK;
+  let n = (v / BK) * 8u;
+  return vec4<u32>(k0 + k, n0 + n, n * STRIDE + k, STRIDE);
 }
 
 fn fetchW(v: u32, n0: u32, k0: u32) -> WordFetch {
   let at = wordPlace(v, n0, k0);
-  if (at.w == 0u) { return WordFetch(0u, 0u, 0.0, 0u, false); }
+  let valid = select(at.x < p.K && at.y < p.N, at.x < p.N && at.y < p.K, W_TRANS);
+  if (!valid) { return WordFetch(0u, 0u, 0.0, 0u, false); }
   let f = at.x * p.IN + at.y;
   let blk = f >> 6u;
   return WordFetch(codes[f >> 3u], absq[blk >> 2u], nested[1u + (blk >> 8u)], (blk & 3u) * 8u, true);
 }
 
 fn putW(v: u32, n0: u32, k0: u32, w: WordFetch) {
-  let s = wordPlace(v, n0, k0).z;
+  let at = wordPlace(v, n0, k0);
+  let s = at.z;
+  let d = at.w;
   if (w.valid) {
     let am = dmap[(w.absq >> w.shift) & 0xffu] * w.nested + nested[0];
-    for (var j = 0u; j < 8u; j++) {
-      let q = (w.word >> ((j / 2u) * 8u + select(0u, 4u, (j & 1u) == 0u))) & 0xfu;
-      Bs[s + j] = f16(lut[q] * am);
-    }
+    let e0 = vec2<f16>(lut2[w.word & 0xffu] * am);
+    let e1 = vec2<f16>(lut2[(w.word >> 8u) & 0xffu] * am);
+    let e2 = vec2<f16>(lut2[(w.word >> 16u) & 0xffu] * am);
+    let e3 = vec2<f16>(lut2[w.word >> 24u] * am);
+    Bs[s] = e0.x; Bs[s + d] = e0.y; Bs[s + 2u * d] = e1.x; Bs[s + 3u * d] = e1.y;
+    Bs[s + 4u * d] = e2.x; Bs[s + 5u * d] = e2.y; Bs[s + 6u * d] = e3.x; Bs[s + 7u * d] = e3.y;
   } else {
-    for (var j = 0u; j < 8u; j++) { Bs[s + j] = 0.0h; }
+    for (var j = 0u; j < 8u; j++) { Bs[s + j * d] = 0.0h; }
   }
 }
 
@@ -125,20 +125,19 @@ fn writeFragment(frag: subgroup_matrix_result<f32, 16, 16>, r0: u32, c0: u32, sg
   workgroupBarrier();
 }
 
-@compute @workgroup_size(128)
+@compute @workgroup_size(256)
 fn main(
   @builtin(workgroup_id) wg: vec3<u32>,
   @builtin(local_invocation_index) tid: u32,
-  @builtin(subgroup_id) sg: u32, // 0..3: subgroups of 32 (the launcher checks the size)
+  @builtin(subgroup_id) sg: u32, // 0..7: subgroups of 32 (the launcher checks the size)
   @builtin(subgroup_invocation_id) lane: u32,
 ) {
   let m0 = wg.y * BM;
   let n0 = wg.x * BN;
   let sm = (sg / 2u) * 64u;
   let sn = (sg % 2u) * 64u;
-  if (tid < 16u) { lut[tid] = bitcast<f32>(NF4[tid]); }
+  lut2[tid] = vec2<f32>(bitcast<f32>(NF4[tid >> 4u]), bitcast<f32>(NF4[tid & 15u]));
   dmap[tid] = dynmap[tid];
-  dmap[tid + 128u] = dynmap[tid + 128u];
   workgroupBarrier();
 
   // 16 accumulators as named values: an array of them indexed in loops may live in local memory.
@@ -146,34 +145,27 @@ fn main(
   var c10: subgroup_matrix_result<f32, 16, 16>; var c11: subgroup_matrix_result<f32, 16, 16>; var c12: subgroup_matrix_result<f32, 16, 16>; var c13: subgroup_matrix_result<f32, 16, 16>;
   var c20: subgroup_matrix_result<f32, 16, 16>; var c21: subgroup_matrix_result<f32, 16, 16>; var c22: subgroup_matrix_result<f32, 16, 16>; var c23: subgroup_matrix_result<f32, 16, 16>;
   var c30: subgroup_matrix_result<f32, 16, 16>; var c31: subgroup_matrix_result<f32, 16, 16>; var c32: subgroup_matrix_result<f32, 16, 16>; var c33: subgroup_matrix_result<f32, 16, 16>;
-  let bStride = select(BN + PAD, BK + PAD, W_TRANS); // Bs is [n][k] for W_TRANS, else [k][n]
   var ra: array<vec4<u32>, 4>;
-  var rw: array<WordFetch, 4>;
-  for (var i = 0u; i < 4u; i++) {
-    ra[i] = fetchA(tid + i * 128u, m0, 0u);
-    rw[i] = fetchW(tid + i * 128u, n0, 0u);
-  }
+  var rw: array<WordFetch, 2>;
+  for (var i = 0u; i < 4u; i++) { ra[i] = fetchA(tid + i * 256u, m0, 0u); }
+  for (var i = 0u; i < 2u; i++) { rw[i] = fetchW(tid + i * 256u, n0, 0u); }
   for (var k0 = 0u; k0 < p.K; k0 += BK) {
-    for (var i = 0u; i < 4u; i++) {
-      putA(tid + i * 128u, ra[i]);
-      putW(tid + i * 128u, n0, k0, rw[i]);
-    }
+    for (var i = 0u; i < 4u; i++) { putA(tid + i * 256u, ra[i]); }
+    for (var i = 0u; i < 2u; i++) { putW(tid + i * 256u, n0, k0, rw[i]); }
     workgroupBarrier();
     if (k0 + BK < p.K) {
-      for (var i = 0u; i < 4u; i++) {
-        ra[i] = fetchA(tid + i * 128u, m0, k0 + BK);
-        rw[i] = fetchW(tid + i * 128u, n0, k0 + BK);
-      }
+      for (var i = 0u; i < 4u; i++) { ra[i] = fetchA(tid + i * 256u, m0, k0 + BK); }
+      for (var i = 0u; i < 2u; i++) { rw[i] = fetchW(tid + i * 256u, n0, k0 + BK); }
     }
     for (var kk = 0u; kk < BK; kk += 16u) {
-      let a0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&As, (sm + 0u) * (BK + PAD) + kk, BK + PAD);
-      let a1 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&As, (sm + 16u) * (BK + PAD) + kk, BK + PAD);
-      let a2 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&As, (sm + 32u) * (BK + PAD) + kk, BK + PAD);
-      let a3 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&As, (sm + 48u) * (BK + PAD) + kk, BK + PAD);
-      let b0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, {{W_LAYOUT}}>(&Bs, select(kk * bStride + sn + 0u, (sn + 0u) * bStride + kk, W_TRANS), bStride);
-      let b1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, {{W_LAYOUT}}>(&Bs, select(kk * bStride + sn + 16u, (sn + 16u) * bStride + kk, W_TRANS), bStride);
-      let b2 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, {{W_LAYOUT}}>(&Bs, select(kk * bStride + sn + 32u, (sn + 32u) * bStride + kk, W_TRANS), bStride);
-      let b3 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, {{W_LAYOUT}}>(&Bs, select(kk * bStride + sn + 48u, (sn + 48u) * bStride + kk, W_TRANS), bStride);
+      let a0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&As, (sm + 0u) * STRIDE + kk, STRIDE);
+      let a1 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&As, (sm + 16u) * STRIDE + kk, STRIDE);
+      let a2 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&As, (sm + 32u) * STRIDE + kk, STRIDE);
+      let a3 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&As, (sm + 48u) * STRIDE + kk, STRIDE);
+      let b0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&Bs, (sn + 0u) * STRIDE + kk, STRIDE);
+      let b1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&Bs, (sn + 16u) * STRIDE + kk, STRIDE);
+      let b2 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&Bs, (sn + 32u) * STRIDE + kk, STRIDE);
+      let b3 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&Bs, (sn + 48u) * STRIDE + kk, STRIDE);
       c00 = subgroupMatrixMultiplyAccumulate(a0, b0, c00);
       c01 = subgroupMatrixMultiplyAccumulate(a0, b1, c01);
       c02 = subgroupMatrixMultiplyAccumulate(a0, b2, c02);
@@ -193,7 +185,6 @@ fn main(
     }
     workgroupBarrier();
   }
-
   writeFragment(c00, m0 + sm + 0u, n0 + sn + 0u, sg, lane);
   writeFragment(c01, m0 + sm + 0u, n0 + sn + 16u, sg, lane);
   writeFragment(c02, m0 + sm + 0u, n0 + sn + 32u, sg, lane);
