@@ -100,38 +100,63 @@ function sameBindings(a: Binding[], b: Binding[]): boolean {
   return true;
 }
 
-/** The bind groups and parameter slots of one device's decode step, kept across steps. */
+/** Parameter slots per uniform buffer of the decode step (64 KiB each). */
+const SLOTS_PER_CHUNK = 256;
+
+/** The bind groups and parameter slots of one device's decode step, kept across steps. Slot i lives
+ * in uniform buffer floor(i / SLOTS_PER_CHUNK); more slots add buffers and never replace one, so a
+ * bind group made in any step (or earlier in the same step, already recorded in its pass) stays
+ * valid until destroy(). */
 class StepBindings {
   readonly dispatches: (CachedDispatch | undefined)[] = [];
-  uniforms: GPUBuffer | undefined;
+  readonly chunks: GPUBuffer[] = [];
+  /** Host copy of the slots, written to the chunks at submit. */
   data = new Uint8Array(0);
+  #destroyed = false;
 
   constructor(readonly gpu: Gpu) {}
 
-  /** Makes room for `n` slots; a new uniform buffer drops every cached bind group. */
-  reserve(n: number): void {
-    if (this.uniforms && this.data.byteLength >= n * PARAM_SLOT_BYTES) return;
-    this.uniforms?.destroy();
-    const slots = Math.max(64, 2 ** Math.ceil(Math.log2(n)));
-    this.uniforms = this.gpu.device.createBuffer({
-      size: slots * PARAM_SLOT_BYTES,
-      usage: UNIFORM_COPY_DST,
-      label: "decode.params",
-    });
-    this.data = new Uint8Array(slots * PARAM_SLOT_BYTES);
-    this.dispatches.length = 0;
+  /** Makes room for slot `i`; returns the uniform buffer and byte offset that hold it. */
+  slot(i: number): { buffer: GPUBuffer; offset: number } {
+    if (this.#destroyed) throw new Error("decode step bindings used after the KV cache was destroyed");
+    const chunk = Math.floor(i / SLOTS_PER_CHUNK);
+    while (this.chunks.length <= chunk) {
+      this.chunks.push(this.gpu.device.createBuffer({
+        size: SLOTS_PER_CHUNK * PARAM_SLOT_BYTES,
+        usage: UNIFORM_COPY_DST,
+        label: `decode.params${this.chunks.length}`,
+      }));
+    }
+    const need = this.chunks.length * SLOTS_PER_CHUNK * PARAM_SLOT_BYTES;
+    if (this.data.byteLength < need) {
+      const data = new Uint8Array(need);
+      data.set(this.data);
+      this.data = data;
+    }
+    return { buffer: this.chunks[chunk], offset: (i % SLOTS_PER_CHUNK) * PARAM_SLOT_BYTES };
+  }
+
+  /** Writes slots 0..count-1 to their buffers. */
+  write(count: number): void {
+    const queue = this.gpu.device.queue;
+    const chunkBytes = SLOTS_PER_CHUNK * PARAM_SLOT_BYTES;
+    for (let c = 0; c * SLOTS_PER_CHUNK < count; c++) {
+      const slots = Math.min(SLOTS_PER_CHUNK, count - c * SLOTS_PER_CHUNK);
+      queue.writeBuffer(this.chunks[c], 0, this.data, c * chunkBytes, slots * PARAM_SLOT_BYTES);
+    }
   }
 
   destroy(): void {
-    this.uniforms?.destroy();
-    this.uniforms = undefined;
+    this.#destroyed = true;
+    for (const b of this.chunks) b.destroy();
+    this.chunks.length = 0;
     this.dispatches.length = 0;
   }
 }
 
 /** An Encoder for the decode step. A step encodes the same dispatches on the same buffers every
  * time (only parameters such as the cache length change), so dispatch i keeps its parameter slot
- * i of a persistent uniform buffer, and its bind group from the previous step while the pipeline
+ * i of persistent uniform buffers, and its bind group from the previous step while the pipeline
  * and buffers match; creating some 25 bind groups per layer per token was the largest CPU cost of
  * a step. The parameters of the whole step go to the GPU in one write at submit. */
 class DecodeEncoder extends Encoder {
@@ -173,14 +198,12 @@ class DecodeEncoder extends Encoder {
     }
     const cache = this.#cache;
     const i = this.#count++;
-    cache.reserve(i + 1);
+    const slot = cache.slot(i);
     cache.data.set(new Uint8Array(params.buffer, params.byteOffset, params.byteLength), i * PARAM_SLOT_BYTES);
     let hit = cache.dispatches[i];
     if (!hit || hit.pipeline !== pipeline || !sameBindings(hit.buffers, buffers)) {
       const size = Math.max(16, Math.ceil(params.byteLength / 16) * 16);
-      const entries: GPUBindGroupEntry[] = [
-        { binding: 0, resource: { buffer: cache.uniforms!, offset: i * PARAM_SLOT_BYTES, size } },
-      ];
+      const entries: GPUBindGroupEntry[] = [{ binding: 0, resource: { ...slot, size } }];
       buffers.forEach((b, k) =>
         entries.push({ binding: k + 1, resource: "buffer" in b ? b : { buffer: b } })
       );
@@ -205,10 +228,8 @@ class DecodeEncoder extends Encoder {
     if (this.#done) throw new Error("DecodeEncoder already submitted");
     this.#done = true;
     this.#pass?.end();
-    const queue = this.gpu.device.queue;
-    const cache = this.#cache;
-    if (this.#count > 0) queue.writeBuffer(cache.uniforms!, 0, cache.data, 0, this.#count * PARAM_SLOT_BYTES);
-    queue.submit([this.#commands.finish()]);
+    this.#cache.write(this.#count);
+    this.gpu.device.queue.submit([this.#commands.finish()]);
     return Promise.resolve(undefined);
   }
 }

@@ -179,6 +179,55 @@ await gpuTest("generate: merged LoRA (f16 base) matches unmerged; stop token and
   );
 });
 
+await gpuTest(
+  "generate: the bench's sequence (prefill, steps, re-prefill, a second cache) on a step of many dispatches",
+  async (gpu) => {
+    // Four layers: a step encodes about 90 dispatches, more than one uniform buffer of parameter slots
+    // held when the step bindings started, so the slots grow during the first step.
+    const cfg: LlamaConfig = { ...GEN_TINY, numLayers: 4 };
+    const model = await tinyModel(gpu, cfg, "nf4", 13);
+    const prompt = [1, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50];
+    const run = async (kv: KvCacheModel, steps: number) => {
+      const out = [await kv.prefill(prompt)];
+      for (let i = 0; i < steps; i++) out.push(await kv.step(argmax(out.at(-1)!)));
+      return out;
+    };
+    const first = await KvCacheModel.create(model, { maxTokens: 32 });
+    let want: Float32Array[];
+    try {
+      want = await run(first, 2);
+      for (let rep = 0; rep < 2; rep++) {
+        const again = await run(first, 5);
+        for (let i = 0; i < want.length; i++) {
+          assert(relativeError(again[i], want[i]) === 0, `rep ${rep} step ${i}: logits changed on a re-run`);
+        }
+      }
+      await gpu.sync();
+    } finally {
+      first.destroy();
+    }
+    await rejects(() => first.step(3), /destroyed/);
+    const second = await KvCacheModel.create(model, { maxTokens: 32 });
+    try {
+      const got = await run(second, 2);
+      for (let i = 0; i < want.length; i++) {
+        assert(
+          relativeError(got[i], want[i]) === 0,
+          `second cache, step ${i}: logits differ from the first's`,
+        );
+      }
+      const seq = [...prompt, argmax(want[0]), argmax(want[1])];
+      const full = lastRow(await model.logits(Int32Array.from(seq)), cfg.vocabSize);
+      const err = relativeError(got[2], full);
+      assert(err < 1e-2, `second cache: decode logits differ from the full forward's by ${err}`);
+      await gpu.sync();
+    } finally {
+      second.destroy();
+      model.destroy();
+    }
+  },
+);
+
 Deno.test("generate: streamed text never splits a UTF-8 character", async () => {
   const tok = await LlamaTokenizer.fromDir(BUNDLED_TOKENIZER);
   const text = "আমি খুব দুঃখিত 😀 — ok ৷ 🙏🏽 ঞ্জ";
