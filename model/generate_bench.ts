@@ -6,8 +6,8 @@
 // of every projection, f16 LoRA factors, norms, f16 lm_head, one embedding row, the KV cache rows
 // attended to) per second of that time, so `compare` relates it to the copy bandwidth of the same
 // device (ref copy_bandwidth): the fraction of the memory-bandwidth limit that decoding reaches. The
-// bench also measures a buffer copy itself and prints tokens/s, that ratio, and where a step's wall
-// time goes (CPU encoding, submit, waiting for the GPU and reading the logits).
+// bench also measures a buffer copy itself and prints tokens/s, that ratio (also in the row's shape),
+// and where a step's wall time goes (CPU encoding, submit, waiting for the GPU and reading the logits).
 // Quick: a tiny config, 64-row cache.
 
 import { createBuffer } from "../engine/buffers.ts";
@@ -123,7 +123,8 @@ export default async function bench(ctx: BenchContext): Promise<BenchRow[]> {
       );
       const shape =
         `L=${config.numLayers} C=${config.hiddenSize} V=${config.vocabSize} nf4 lora r=${r} all7 ` +
-        `cache=${cache} pos=${promptLen}..${promptLen + steps} batch=1 tok/s=${(1000 / ms).toFixed(1)}`;
+        `cache=${cache} pos=${promptLen}..${promptLen + steps} batch=1 tok/s=${(1000 / ms).toFixed(1)} ` +
+        `copy=${copy.toFixed(0)}GB/s ratio=${(100 * gbps / copy).toFixed(0)}%`;
       rows.push(gpuRow(gpu, "decode_8b_nf4", shape, ms, { bytes, ref: "copy_bandwidth" }));
     } finally {
       kv.destroy();

@@ -10,9 +10,14 @@
 // Dimension letters: in and out the weight's [out, in] shape, K2 the second product's width.
 //   x  f16 [in]   (16-byte loads)      W2 f16 [out, K2]      x2 f16 [K2]      y  f16|f32 [out]
 //
-// One lane group of 32 threads per output row (8 rows per workgroup of 256): lane l reads the
-// 16-byte weight words l, l + 32, ... of its row, so a group reads 512 contiguous bytes per step;
-// x comes from global memory (it is small and cached). Variants:
+// f16 weights: one lane group of 32 threads per output row (8 rows per workgroup of 256): lane l
+// reads the 16-byte weight words l, l + 32, ... of its row, so a group reads 512 contiguous bytes per
+// step; x comes from global memory (it is small and cached).
+// NF4 weights: a team of nf4Team(in) threads per 4 consecutive rows; each thread keeps its 64-element
+// slices of x in registers (as f32) across the 4 rows, issues the 8 code-word loads of the 4 rows
+// before the arithmetic, and decodes codes through a 16-entry table in workgroup memory (see
+// matvec_nf4_subgroup.wgsl).
+// Variants:
 //   "subgroup"   reduction with subgroupAdd (adapters with subgroups of 4..32 invocations)
 //   "workgroup"  portable: a workgroup-memory tree reduction
 
@@ -35,8 +40,22 @@ const SHADERS = {
   },
 } as const;
 
-/** Output rows per workgroup (lane groups of 32 in a workgroup of 256). */
+/** Output rows per workgroup of the f16 kernels (lane groups of 32 in a workgroup of 256). */
 export const MATVEC_ROWS_PER_WORKGROUP = 8;
+/** Rows per team of the NF4 kernels. */
+const NF4_ROWS_PER_TEAM = 4;
+
+/** Threads per team of the NF4 kernels for rows of `inDim` elements: one thread per pair of code
+ * words (64 elements), rounded up to a power of two in 32..256 (longer rows take several passes). */
+export function nf4Team(inDim: number): number {
+  const pairs = Math.ceil(inDim / 64);
+  return Math.min(256, Math.max(32, 2 ** Math.ceil(Math.log2(Math.max(1, pairs)))));
+}
+
+/** Output rows per workgroup of 256 invocations. */
+export function matvecRowsPerWorkgroup(kind: MatvecWeight["kind"], inDim: number): number {
+  return kind === "nf4" ? (256 / nf4Team(inDim)) * NF4_ROWS_PER_TEAM : MATVEC_ROWS_PER_WORKGROUP;
+}
 
 export type MatvecVariant = "workgroup" | "subgroup";
 export const MATVEC_VARIANTS: readonly MatvecVariant[] = ["workgroup", "subgroup"];
@@ -132,6 +151,13 @@ export async function matvec(enc: Encoder, args: MatvecArgs): Promise<void> {
   need("x", args.x, inDim * 2);
   need("y", args.y, out * (args.yType === "f32" ? 4 : 2));
   if (w.kind === "f16") need("w", w.w, out * inDim * 2);
+  else {
+    const blocks = Math.ceil((out * inDim) / 64);
+    need("codes", w.w.codes, (out * inDim) / 2);
+    need("absmaxCodes", w.w.absmaxCodes, Math.ceil(blocks / 4) * 4);
+    need("nested", w.w.nested, (1 + Math.ceil(blocks / 256)) * 4);
+    need("dynmap", w.w.dynmap, 256 * 4);
+  }
   if (args.second) {
     need("second.w", args.second.w, out * K2 * 2);
     need("second.x", args.second.x, K2 * 2);
@@ -139,8 +165,9 @@ export async function matvec(enc: Encoder, args: MatvecArgs): Promise<void> {
   const pipeline = await enc.gpu.pipelines.get({
     shader: SHADERS[w.kind][variant],
     substitutions: { OUT: args.yType },
+    constants: w.kind === "nf4" ? { TEAM: nf4Team(inDim) } : undefined,
   });
-  const g = grid(enc.gpu, Math.ceil(out / MATVEC_ROWS_PER_WORKGROUP));
+  const g = grid(enc.gpu, Math.ceil(out / matvecRowsPerWorkgroup(w.kind, inDim)));
   const params = new ArrayBuffer(32);
   new Uint32Array(params, 0, 4).set([out, inDim, K2, g[0]]);
   new Float32Array(params, 16, 3).set([args.alpha ?? 1, args.second?.alpha ?? 0, args.beta ?? 0]);

@@ -1,12 +1,23 @@
 // Matrix-vector product with an NF4 weight (kernels/nf4 layout), portable variant (no subgroups):
 //   y[o] = alpha * sum_i W[o, i] x[i] + alpha2 * sum_k W2[o, k] x2[k] + beta * y[o]   (o < OUT)
-// W NF4 [OUT, IN] with IN % 32 == 0, so every 16-byte word of codes (32 codes) starts a row or
-// continues one, and lies inside one 64-block (one absmax per word):
-//   absmax[b] = dynmap[absmax code b] * nested[1 + b / 256] + nested[0]; W[o, i] = NF4[code] * absmax.
-// W2 f16 [OUT, K2] row-major (K2 = 0: no second product), x f16 [IN] (read 8 at a time), x2 f16 [K2].
-// A lane group of 32 threads computes one row: lane l reads the code words l, l + 32, ... of the
-// row (a group reads 512 contiguous bytes per step), f32 partial sums, a workgroup-memory tree
-// reduction. Eight rows per workgroup of 256. beta 0 never reads y.
+// W NF4 [OUT, IN] with IN % 32 == 0: row o is the 16-byte code words o*NW .. o*NW + NW - 1
+// (NW = IN / 32, 32 codes each, element 2k in the HIGH nibble of byte k), and a word lies inside
+// one 64-block: absmax[b] = dynmap[absmax code b] * nested[1 + b / 256] + nested[0];
+// W[o, i] = NF4[code] * absmax. W2 f16 [OUT, K2] row-major (K2 = 0: no second product),
+// x f16 [IN], x2 f16 [K2].
+//
+// Work split: a team of TEAM threads (a power of two, 32..256) computes RPT = 4 consecutive rows;
+// 256 / TEAM teams per workgroup. Thread t of a team owns the word pairs (2q, 2q + 1) of every row
+// for q = t, t + TEAM, ...: it converts those 64 elements of x to f32 once and keeps them in
+// registers for its 4 rows, issues the 8 code-word loads of the 4 rows (32 contiguous bytes per row,
+// so a team reads whole contiguous spans of each row) before the arithmetic, and computes the block
+// scale once per pair where IN % 64 == 0 (both words in one block). Codes decode through a 16-entry
+// f32 table in workgroup memory (distinct entries sit in distinct banks: no bank conflicts), the
+// absmax codes through the dynamic map in workgroup memory. f32 partial sums of the 4 rows as one
+// vec4, reduced through workgroup memory: a tree within each 32 invocations, then the team's
+// TEAM / 32 sums in order. The same work split and arithmetic as matvec_nf4_subgroup.wgsl.
+// Rows past OUT load row OUT - 1 and are never written; every
+// load is in bounds. beta 0 never reads y.
 enable f16;
 
 struct Params {
@@ -30,9 +41,11 @@ struct Params {
 @group(0) @binding(7) var<storage, read> x2: array<f16>;
 @group(0) @binding(8) var<storage, read_write> y: array<{{OUT}}>;
 
-const LANES = 32u;
+/** Threads per team (one team per RPT rows): a power of two, 32..256. */
+override TEAM: u32 = 64u;
+
 const WG = 256u;
-const ROWS = WG / LANES;
+const RPT = 4u;
 
 // NF4 codebook as f32 bit patterns.
 const NF4 = array<u32, 16>(
@@ -40,78 +53,136 @@ const NF4 = array<u32, 16>(
   0x3da2faffu, 0x3e24cae3u, 0x3e7c04ddu, 0x3ead033au, 0x3ee1a4b8u, 0x3f1007abu, 0x3f3913b3u, 0x3f800000u);
 
 var<workgroup> lut: array<f32, 16>;
-var<workgroup> red: array<f32, WG>;
+var<workgroup> dyn: array<f32, 256>;
+// One vec4 (the 4 rows) per invocation.
+var<workgroup> red: array<vec4<f32>, WG>;
 
-// Eight codes of one u32 (element 2k in the high nibble of byte k) times eight f16 of x.
-fn dot8(c: u32, xv: vec4<u32>) -> f32 {
-  let a = unpack2x16float(xv.x);
-  let b = unpack2x16float(xv.y);
-  let d = unpack2x16float(xv.z);
-  let e = unpack2x16float(xv.w);
+// 32 elements of x as f32.
+struct X32 {
+  a: vec4<f32>,
+  b: vec4<f32>,
+  c: vec4<f32>,
+  d: vec4<f32>,
+  e: vec4<f32>,
+  f: vec4<f32>,
+  g: vec4<f32>,
+  h: vec4<f32>,
+}
+
+fn half4(u: u32, v: u32) -> vec4<f32> {
+  return vec4<f32>(unpack2x16float(u), unpack2x16float(v));
+}
+
+// x elements 32w .. 32w + 31.
+fn load_x(w: u32) -> X32 {
+  let i = 4u * w;
+  let p0 = x[i];
+  let p1 = x[i + 1u];
+  let p2 = x[i + 2u];
+  let p3 = x[i + 3u];
+  return X32(
+    half4(p0.x, p0.y), half4(p0.z, p0.w), half4(p1.x, p1.y), half4(p1.z, p1.w),
+    half4(p2.x, p2.y), half4(p2.z, p2.w), half4(p3.x, p3.y), half4(p3.z, p3.w),
+  );
+}
+
+// Eight codes of one u32 (element 2k in the high nibble of byte k) times eight values of x.
+fn dot8(c: u32, a: vec4<f32>, b: vec4<f32>) -> f32 {
   var s = lut[(c >> 4u) & 15u] * a.x;
   s = fma(lut[c & 15u], a.y, s);
-  s = fma(lut[(c >> 12u) & 15u], b.x, s);
-  s = fma(lut[(c >> 8u) & 15u], b.y, s);
-  s = fma(lut[(c >> 20u) & 15u], d.x, s);
-  s = fma(lut[(c >> 16u) & 15u], d.y, s);
-  s = fma(lut[(c >> 28u) & 15u], e.x, s);
-  s = fma(lut[(c >> 24u) & 15u], e.y, s);
+  s = fma(lut[(c >> 12u) & 15u], a.z, s);
+  s = fma(lut[(c >> 8u) & 15u], a.w, s);
+  s = fma(lut[(c >> 20u) & 15u], b.x, s);
+  s = fma(lut[(c >> 16u) & 15u], b.y, s);
+  s = fma(lut[(c >> 28u) & 15u], b.z, s);
+  s = fma(lut[(c >> 24u) & 15u], b.w, s);
   return s;
 }
 
-// Code word g of the weight (32 codes, elements 32g..32g+31) against x elements 32j..32j+31.
-fn word(g: u32, j: u32) -> f32 {
-  let c = codes[g];
-  let blk = g >> 1u;
-  let aq = (absq[blk >> 2u] >> ((blk & 3u) * 8u)) & 0xffu;
-  let am = dynmap[aq] * nested[1u + (blk >> 8u)] + nested[0];
-  let xi = 4u * j;
-  let s = dot8(c.x, x[xi]) + dot8(c.y, x[xi + 1u]) + dot8(c.z, x[xi + 2u]) + dot8(c.w, x[xi + 3u]);
-  return s * am;
+// One code word (32 codes) against 32 elements of x, without the block scale.
+fn dot32(c: vec4<u32>, v: X32) -> f32 {
+  return (dot8(c.x, v.a, v.b) + dot8(c.y, v.c, v.d)) + (dot8(c.z, v.e, v.f) + dot8(c.w, v.g, v.h));
 }
 
-fn row_main(o: u32, lane: u32) -> f32 {
-  let words = p.IN / 32u;
-  let base = o * words;
-  var a0 = 0.0;
-  var a1 = 0.0;
-  var j = lane;
-  // Two independent words in flight per lane.
-  for (; j + LANES < words; j += 2u * LANES) {
-    a0 += word(base + j, j);
-    a1 += word(base + j + LANES, j + LANES);
+fn absmax(blk: u32) -> f32 {
+  let q = (absq[blk >> 2u] >> ((blk & 3u) * 8u)) & 0xffu;
+  return dyn[q] * nested[1u + (blk >> 8u)] + nested[0];
+}
+
+fn absmax4(blk: vec4<u32>) -> vec4<f32> {
+  return vec4<f32>(absmax(blk.x), absmax(blk.y), absmax(blk.z), absmax(blk.w));
+}
+
+// alpha * (W x) + alpha2 * (W2 x2) for rows r, this thread's share.
+fn rows4(r: vec4<u32>, t: u32) -> vec4<f32> {
+  let nw = p.IN / 32u;
+  let pairs = (nw + 1u) / 2u;
+  let oneBlock = (nw & 1u) == 0u;
+  var acc = vec4<f32>(0.0);
+  for (var q = t; q < pairs; q += TEAM) {
+    let w0 = 2u * q;
+    let w1 = min(w0 + 1u, nw - 1u);
+    let g0 = r * nw + w0;
+    let g1 = r * nw + w1;
+    let c0x = codes[g0.x];
+    let c0y = codes[g0.y];
+    let c0z = codes[g0.z];
+    let c0w = codes[g0.w];
+    let c1x = codes[g1.x];
+    let c1y = codes[g1.y];
+    let c1z = codes[g1.z];
+    let c1w = codes[g1.w];
+    let xa = load_x(w0);
+    let xb = load_x(w1);
+    let am0 = absmax4(g0 >> vec4<u32>(1u));
+    var am1 = am0;
+    if (!oneBlock) { am1 = absmax4(g1 >> vec4<u32>(1u)); }
+    // An odd word count: the last pair has one word (w1 repeats w0 and counts 0).
+    if (w0 + 1u >= nw) { am1 = vec4<f32>(0.0); }
+    let s0 = vec4<f32>(dot32(c0x, xa), dot32(c0y, xa), dot32(c0z, xa), dot32(c0w, xa));
+    let s1 = vec4<f32>(dot32(c1x, xb), dot32(c1y, xb), dot32(c1z, xb), dot32(c1w, xb));
+    acc = fma(am0, s0, fma(am1, s1, acc));
   }
-  if (j < words) { a0 += word(base + j, j); }
-  return a0 + a1;
-}
-
-fn row_second(o: u32, lane: u32) -> f32 {
-  var acc = 0.0;
-  let base = o * p.K2;
-  for (var k = lane; k < p.K2; k += LANES) { acc = fma(f32(w2[base + k]), f32(x2[k]), acc); }
+  acc *= p.alpha;
+  if (p.K2 > 0u) {
+    var s2 = vec4<f32>(0.0);
+    let b = r * p.K2;
+    for (var k = t; k < p.K2; k += TEAM) {
+      let w = vec4<f32>(f32(w2[b.x + k]), f32(w2[b.y + k]), f32(w2[b.z + k]), f32(w2[b.w + k]));
+      s2 = fma(w, vec4<f32>(f32(x2[k])), s2);
+    }
+    acc = fma(vec4<f32>(p.alpha2), s2, acc);
+  }
   return acc;
 }
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   if (li < 16u) { lut[li] = bitcast<f32>(NF4[li]); }
+  dyn[li] = dynmap[li];
   workgroupBarrier();
-  let lane = li % LANES;
-  let o = (wg.y * p.gx + wg.x) * ROWS + li / LANES;
-  var v = 0.0;
-  if (o < p.OUT) {
-    v = p.alpha * row_main(o, lane);
-    if (p.K2 > 0u) { v += p.alpha2 * row_second(o, lane); }
+  let rowsPerWg = (WG / TEAM) * RPT;
+  let first = (wg.y * p.gx + wg.x) * rowsPerWg;
+  let row0 = first + (li / TEAM) * RPT;
+  var acc = vec4<f32>(0.0);
+  if (row0 < p.OUT) {
+    let last = p.OUT - 1u;
+    let r = min(vec4<u32>(row0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(last));
+    acc = rows4(r, li % TEAM);
   }
-  red[li] = v;
+  red[li] = acc;
   workgroupBarrier();
-  for (var s = LANES / 2u; s > 0u; s >>= 1u) {
-    if (lane < s) { red[li] += red[li + s]; }
+  for (var s = 16u; s > 0u; s >>= 1u) {
+    if (li % 32u < s) { red[li] += red[li + s]; }
     workgroupBarrier();
   }
-  if (lane == 0u && o < p.OUT) {
-    var r = red[li];
-    if (p.beta != 0.0) { r += p.beta * f32(y[o]); }
-    y[o] = {{OUT}}(r);
+  // One invocation per row of the workgroup: row first + li is row li % RPT of team li / RPT.
+  let o = first + li;
+  if (li < rowsPerWg && o < p.OUT) {
+    let s0 = (li / RPT) * TEAM;
+    var v = 0.0;
+    for (var k = 0u; k < TEAM; k += 32u) { v += red[s0 + k][li % RPT]; }
+    if (p.beta != 0.0) { v += p.beta * f32(y[o]); }
+    y[o] = {{OUT}}(v);
   }
 }

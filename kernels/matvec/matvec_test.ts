@@ -1,7 +1,8 @@
 // matvec against its float64 reference: NF4 and f16 weights, f16 and f32 outputs, the second
-// product, accumulation into y, ragged shapes (rows not a multiple of the 8 per workgroup, rows
-// that straddle NF4 blocks, words per row not a multiple of the 32 lanes), a weight bound at an
-// offset, large inputs (an f16 accumulator would overflow), outputs poisoned before the run.
+// product, accumulation into y, ragged shapes (rows not a multiple of the rows per workgroup, rows
+// that straddle NF4 blocks, an odd number of code words per row, words per row not a multiple of the
+// threads per row, rows longer than one pass of 256 threads), a weight bound at an offset, large
+// inputs (an f16 accumulator would overflow), outputs poisoned before the run.
 
 import { ok as assert } from "node:assert";
 import {
@@ -39,6 +40,10 @@ interface Case {
 const CASES: Case[] = [
   { kind: "nf4", out: 77, in: 96, yType: "f16", alpha: 1, beta: 0, K2: 0, xScale: 1 },
   { kind: "nf4", out: 300, in: 1056, yType: "f32", alpha: 0.7, beta: 1, K2: 5, xScale: 200 },
+  // Teams of 64 (4 per workgroup, 16 rows), one block per word pair, a LoRA-sized second product.
+  { kind: "nf4", out: 37, in: 4096, yType: "f16", alpha: 1, beta: 1, K2: 64, xScale: 1 },
+  // Teams of 256 with two passes over the row (257 word pairs).
+  { kind: "nf4", out: 9, in: 16448, yType: "f32", alpha: 1, beta: 0, K2: 3, xScale: 2 },
   { kind: "f16", out: 45, in: 200, yType: "f16", alpha: 1, beta: 1, K2: 64, xScale: 1 },
   { kind: "f16", out: 1030, in: 8, yType: "f32", alpha: 0.5, beta: 0, K2: 0, xScale: 3, wOffset: 512 },
 ];
