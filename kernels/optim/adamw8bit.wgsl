@@ -4,22 +4,28 @@
 //   param[N] f32 (read-write), grad[N] f32
 //   m_codes, v_codes: N bytes, 4 per u32 (element 4w+k in byte k of word w), read-write
 //   m_absmax, v_absmax: f32 [ceil(N / 256)], read-write
-//   maps: f32 [512], the signed map then the unsigned map
+//   maps: f32 [512], the signed map then the unsigned map (createDynamicMap)
 // Per element, in f32: with a finite gradient g,
 //   v = beta2 v + (1 - beta2) g^2;  m = beta1 m + (1 - beta1) g;
 //   p += step_size * m / (sqrt(v) + c2 eps)   (step_size = -lr c2 / c1, c1 = 1 - beta1^t, c2 = sqrt(1 - beta2^t))
 //   p *= decay                               (decay = 1 - lr wd)
 // A non-finite gradient leaves p alone and sets that element's m and v to 0 (as bitsandbytes).
 // The new absmax is the block's max |m| (|v|) over its elements; codes are requantized against it
-// with bitsandbytes' search (nearest map entry, ties to the pivot it ends on), and an m code whose
-// sign disagrees with m moves one step toward m's sign. A block whose new absmax is 0 stores m code
-// 255 and v code 0, the codes bitsandbytes' search gives there.
-// One workgroup of 256 invocations per BLOCKS_PER_WG consecutive blocks, four blocks at a time
-// (64 invocations per block, 4 elements, one code word, each); the two maps are loaded into
-// workgroup memory once per workgroup. Workgroups in x then y.
+// with the decisions of bitsandbytes' quantize_2D search (see `quantize`), and an m code whose sign
+// disagrees with m moves one step toward m's sign. A block whose new absmax is 0 stores m code 255
+// and v code 0, the codes bitsandbytes' search gives there. Code bytes past N are written as 0.
+//
+// `main`: one workgroup of 256 invocations per BLOCKS = 8 consecutive blocks; invocation t takes
+// the 4 elements (one 16-byte vector of param and of grad, one code word of m and of v) at lane
+// t % 64 of blocks 4 * h + t / 64, h = 0, 1, and issues all of its loads before any math. The block
+// maxima are reduced in workgroup memory (two barriers); the maps are read from workgroup memory.
+// Its bindings cover the first p.n elements, a multiple of 4. Workgroups in x then y.
+// `tail`: one workgroup for the last block p.first_block when N is not a multiple of 4; its param,
+// grad and code bindings begin at that block, p.n elements.
 
 struct Params {
   n: u32,
+  first_block: u32,
   beta1: f32,
   beta2: f32,
   step_size: f32,
@@ -28,185 +34,284 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> param: array<f32>;
-@group(0) @binding(2) var<storage, read> grad: array<f32>;
+@group(0) @binding(1) var<storage, read_write> param4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> grad4: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> m_codes: array<u32>;
 @group(0) @binding(4) var<storage, read_write> v_codes: array<u32>;
 @group(0) @binding(5) var<storage, read_write> m_absmax: array<f32>;
 @group(0) @binding(6) var<storage, read_write> v_absmax: array<f32>;
 @group(0) @binding(7) var<storage, read> maps: array<f32>;
 
-var<workgroup> map_m: array<f32, 256>;
-var<workgroup> map_v: array<f32, 256>;
-var<workgroup> red_m: array<f32, 256>;
-var<workgroup> red_v: array<f32, 256>;
+// The tail entry's views of param and grad.
+@group(0) @binding(1) var<storage, read_write> param1: array<f32>;
+@group(0) @binding(2) var<storage, read> grad1: array<f32>;
 
-// Blocks per workgroup, a multiple of 4.
-const BLOCKS_PER_WG = 16u;
+const WG = 256u;
+// Blocks per workgroup of `main`: WG / 64 blocks at a time, twice.
+const BLOCKS = 8u;
 
-fn finite(x: f32) -> bool {
-  return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
+// The signed map at 0, the unsigned map at 256.
+var<workgroup> qmap: array<f32, 512>;
+// Per invocation: (max |m|, max |v|) of its elements of block h = 0, then of block h = 1.
+var<workgroup> red: array<vec4<f32>, WG>;
+
+/** Four consecutive elements of one block, as loaded. */
+struct Quad {
+  g: vec4<f32>,
+  w: vec4<f32>,
+  cm: u32,
+  cv: u32,
+  am: f32,
+  av: f32,
+  count: u32, // elements of the quad inside the tensor, 0..4
 }
 
-fn sign_bit(x: f32) -> u32 {
-  return bitcast<u32>(x) >> 31u;
+/** The updated moments of a quad. */
+struct Moments {
+  s1: vec4<f32>,
+  s2: vec4<f32>,
+  ok: vec4<bool>, // inside the tensor with a finite gradient
+  valid: vec4<bool>,
 }
 
-// bitsandbytes' quantize_2D: binary search over the sorted map from index 127, then the nearer of
-// the final pivot and its bracketing neighbour. `lower` starts at -1 (signed) or 0 (unsigned).
-fn quantize_m(x: f32) -> u32 {
-  var pivot = 127u;
-  var upper_pivot = 255u;
-  var lower_pivot = 0u;
-  var lower = -1.0;
-  var upper = 1.0;
-  var val = map_m[pivot];
-  for (var i = 64u; i > 0u; i >>= 1u) {
-    if (x > val) {
-      lower_pivot = pivot;
-      lower = val;
-      pivot += i;
+fn finite(x: vec4<f32>) -> vec4<bool> {
+  return (bitcast<vec4<u32>>(x) & vec4<u32>(0x7f800000u)) != vec4<u32>(0x7f800000u);
+}
+
+fn lookup(base: u32, codes: u32) -> vec4<f32> {
+  let i = (vec4<u32>(codes) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(255u);
+  return vec4<f32>(qmap[base + i.x], qmap[base + i.y], qmap[base + i.z], qmap[base + i.w]);
+}
+
+fn moments(q: Quad) -> Moments {
+  var r: Moments;
+  r.valid = vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(q.count);
+  r.ok = r.valid & finite(q.g);
+  let v = lookup(256u, q.cv) * q.av * p.beta2 + (1.0 - p.beta2) * q.g * q.g;
+  let m = lookup(0u, q.cm) * q.am * p.beta1 + (1.0 - p.beta1) * q.g;
+  r.s1 = select(vec4<f32>(0.0), m, r.ok);
+  r.s2 = select(vec4<f32>(0.0), v, r.ok);
+  return r;
+}
+
+fn max4(v: vec4<f32>) -> f32 {
+  return max(max(v.x, v.y), max(v.z, v.w));
+}
+
+/** Approximately how many entries of a map's positive part lie below a > 0. Decade d = 0..6 of the
+ * part holds 2^(d + shift) entries 10^(d-6) * (0.1 + (j + 0.5) * 0.9 / 2^(d + shift)) (shift 0 for
+ * the signed map, 1 for the unsigned), after 2^(d + shift) - 1 - shift entries of lower decades. */
+fn positive_rank(a: f32, shift: u32) -> i32 {
+  var d = 0u;
+  var inv = 1e6; // 1 / 10^(d - 6)
+  d = select(d, 1u, a >= 1e-6);
+  inv = select(inv, 1e5, a >= 1e-6);
+  d = select(d, 2u, a >= 1e-5);
+  inv = select(inv, 1e4, a >= 1e-5);
+  d = select(d, 3u, a >= 1e-4);
+  inv = select(inv, 1e3, a >= 1e-4);
+  d = select(d, 4u, a >= 1e-3);
+  inv = select(inv, 1e2, a >= 1e-3);
+  d = select(d, 5u, a >= 1e-2);
+  inv = select(inv, 1e1, a >= 1e-2);
+  d = select(d, 6u, a >= 1e-1);
+  inv = select(inv, 1.0, a >= 1e-1);
+  let count = 1u << (d + shift);
+  let c = f32(count);
+  let j = clamp(ceil((a * inv - 0.1) * c * (1.0 / 0.9) - 0.5), 0.0, c);
+  return i32(count) - 1 - i32(shift) + i32(j);
+}
+
+/** A code and its map value. */
+struct Code {
+  q: u32,
+  value: f32,
+}
+
+/** The code bitsandbytes' quantize_2D gives x in the sorted map at qmap[base ..]. Its binary search
+ * (from index 127, steps 64 .. 1, then one more comparison) walks a complete search tree whose
+ * leaves are the even indices 0 .. 254, and ends between k - 1 and k, where k is the number of
+ * entries 0 .. 254 below x; it returns the nearer of map[k - 1] and map[k] (map[255] = 1 for k =
+ * 255; 0 for k = 0), a tie at their f32 midpoint going to the leaf, the even one. Here k starts
+ * from `guess` and steps to the exact count (a step or none for a close guess). */
+fn quantize(x: f32, base: u32, guess: i32) -> Code {
+  var k = u32(clamp(guess, 0, 255));
+  var hi = qmap[base + k];
+  var lo = qmap[base + max(k, 1u) - 1u];
+  // k moves one way only (after a step up x > lo holds, after a step down x > hi fails), so the
+  // loop ends within 255 steps.
+  loop {
+    if (k < 255u && x > hi) {
+      k += 1u;
+      lo = hi;
+      hi = qmap[base + k];
+    } else if (k > 0u && !(x > lo)) {
+      k -= 1u;
+      hi = lo;
+      lo = qmap[base + max(k, 1u) - 1u];
     } else {
-      upper_pivot = pivot;
-      upper = val;
-      pivot -= i;
+      break;
     }
-    val = map_m[pivot];
   }
-  if (x > val) {
-    return select(pivot, upper_pivot, x > (upper + val) * 0.5);
+  if (k == 0u) {
+    return Code(0u, hi);
   }
-  return select(pivot, lower_pivot, x < (lower + val) * 0.5);
+  let mid = (lo + hi) * 0.5;
+  if (x > mid || (!(x < mid) && (k & 1u) == 0u)) {
+    return Code(k, hi);
+  }
+  return Code(k - 1u, lo);
 }
 
-fn quantize_v(x: f32) -> u32 {
-  var pivot = 127u;
-  var upper_pivot = 255u;
-  var lower_pivot = 0u;
-  var lower = 0.0;
-  var upper = 1.0;
-  var val = map_v[pivot];
-  for (var i = 64u; i > 0u; i >>= 1u) {
-    if (x > val) {
-      lower_pivot = pivot;
-      lower = val;
-      pivot += i;
-    } else {
-      upper_pivot = pivot;
-      upper = val;
-      pivot -= i;
+/** m and v codes of one element (0 and 0 outside the tensor). */
+fn codes(s1: f32, s2: f32, nm: f32, nv: f32, valid: bool) -> vec2<u32> {
+  var qm = 255u;
+  if (nm > 0.0) {
+    let x = s1 / nm;
+    let c = quantize(x, 0u, select(127 - positive_rank(abs(x), 0u), 128 + positive_rank(x, 0u), x > 0.0));
+    qm = c.q;
+    if ((bitcast<u32>(c.value) >> 31u) != (bitcast<u32>(s1) >> 31u)) {
+      qm = select(qm - 1u, qm + 1u, s1 > 0.0) & 255u;
     }
-    val = map_v[pivot];
   }
-  if (x > val) {
-    return select(pivot, upper_pivot, x > (upper + val) * 0.5);
+  var qv = 0u;
+  if (nv > 0.0) {
+    let x = s2 / nv;
+    qv = quantize(x, 256u, select(0, 1 + positive_rank(x, 1u), x > 0.0)).q;
   }
-  return select(pivot, lower_pivot, x < (lower + val) * 0.5);
+  return select(vec2<u32>(0u), vec2<u32>(qm, qv), valid);
 }
 
-@compute @workgroup_size(256)
+/** The quad after the step, with its block's new absmax. */
+fn finish(q: Quad, m: Moments, nm: f32, nv: f32) -> Quad {
+  var r = q;
+  let w = (q.w + p.step_size * (m.s1 / (sqrt(m.s2) + p.c2eps))) * p.decay;
+  r.w = select(q.w, w, m.ok);
+  r.cm = 0u;
+  r.cv = 0u;
+  for (var k = 0u; k < 4u; k++) {
+    let c = codes(m.s1[k], m.s2[k], nm, nv, m.valid[k]);
+    r.cm |= c.x << (8u * k);
+    r.cv |= c.y << (8u * k);
+  }
+  r.am = nm;
+  r.av = nv;
+  return r;
+}
+
+/** One step for the quads a (block h = 0) and b (h = 1) of invocation t; the maps must have been
+ * written to qmap before. Called by every invocation of the workgroup. */
+fn update(t: u32, a: Quad, b: Quad) -> array<Quad, 2> {
+  workgroupBarrier();
+  let ma = moments(a);
+  let mb = moments(b);
+  red[t] = vec4<f32>(max4(abs(ma.s1)), max4(abs(ma.s2)), max4(abs(mb.s1)), max4(abs(mb.s2)));
+  workgroupBarrier();
+  // 64 invocations per block: 8 of them fold 8 entries each, then every invocation folds those 8.
+  let first = t & ~63u;
+  let lane = t & 63u;
+  if (lane < 8u) {
+    var r = red[t];
+    for (var k = 1u; k < 8u; k++) {
+      r = max(r, red[t + 8u * k]);
+    }
+    red[t] = r;
+  }
+  workgroupBarrier();
+  var r = red[first];
+  for (var k = 1u; k < 8u; k++) {
+    r = max(r, red[first + k]);
+  }
+  return array<Quad, 2>(finish(a, ma, r.x, r.y), finish(b, mb, r.z, r.w));
+}
+
+@compute @workgroup_size(WG)
 fn main(
   @builtin(workgroup_id) wg: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
   @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-  let first = (wg.y * nwg.x + wg.x) * BLOCKS_PER_WG;
-  if (first * 256u >= p.n) {
+  let t = lid.x;
+  let first = (wg.y * nwg.x + wg.x) * BLOCKS;
+  let quads = p.n / 4u;
+  if (first * 64u >= quads) {
     return;
   }
-  map_m[lid.x] = maps[lid.x];
-  map_v[lid.x] = maps[256u + lid.x];
-  workgroupBarrier();
-  let sub = lid.x / 64u;
-  let lane = lid.x % 64u;
-  for (var step = 0u; step < BLOCKS_PER_WG / 4u; step++) {
-    let block = first + 4u * step + sub;
-    let base = block * 256u + lane * 4u;
-    let word = block * 64u + lane;
-    var am = 0.0;
-    var av = 0.0;
-    var cm = 0u;
-    var cv = 0u;
-    if (block * 256u < p.n) {
-      am = m_absmax[block];
-      av = v_absmax[block];
+  qmap[t] = maps[t];
+  qmap[WG + t] = maps[WG + t];
+  let block0 = first + t / 64u;
+  let block1 = block0 + 4u;
+  let q0 = block0 * 64u + (t & 63u);
+  let q1 = q0 + 256u;
+  var a: Quad;
+  var b: Quad;
+  if (q0 < quads) {
+    a = Quad(grad4[q0], param4[q0], m_codes[q0], v_codes[q0], m_absmax[block0], v_absmax[block0], 4u);
+  } else if (block0 * 64u < quads) {
+    a.am = m_absmax[block0];
+    a.av = v_absmax[block0];
+  }
+  if (q1 < quads) {
+    b = Quad(grad4[q1], param4[q1], m_codes[q1], v_codes[q1], m_absmax[block1], v_absmax[block1], 4u);
+  } else if (block1 * 64u < quads) {
+    b.am = m_absmax[block1];
+    b.av = v_absmax[block1];
+  }
+  let r = update(t, a, b);
+  if (q0 < quads) {
+    param4[q0] = r[0].w;
+    m_codes[q0] = r[0].cm;
+    v_codes[q0] = r[0].cv;
+  }
+  if (q1 < quads) {
+    param4[q1] = r[1].w;
+    m_codes[q1] = r[1].cm;
+    v_codes[q1] = r[1].cv;
+  }
+  if ((t & 63u) == 0u) {
+    if (block0 * 64u < quads) {
+      m_absmax[block0] = r[0].am;
+      v_absmax[block0] = r[0].av;
     }
-    if (base < p.n) {
-      cm = m_codes[word];
-      cv = v_codes[word];
+    if (block1 * 64u < quads) {
+      m_absmax[block1] = r[1].am;
+      v_absmax[block1] = r[1].av;
     }
-    var g = vec4<f32>();
-    for (var k = 0u; k < 4u; k++) {
-      if (base + k < p.n) {
-        g[k] = grad[base + k];
+  }
+}
+
+@compute @workgroup_size(WG)
+fn tail(@builtin(local_invocation_id) lid: vec3<u32>) {
+  let t = lid.x;
+  qmap[t] = maps[t];
+  qmap[WG + t] = maps[WG + t];
+  let e = 4u * t;
+  var a: Quad;
+  if (t < 64u) {
+    a.am = m_absmax[p.first_block];
+    a.av = v_absmax[p.first_block];
+    if (e < p.n) {
+      a.count = min(p.n - e, 4u);
+      for (var k = 0u; k < a.count; k++) {
+        a.g[k] = grad1[e + k];
+        a.w[k] = param1[e + k];
       }
+      a.cm = m_codes[t];
+      a.cv = v_codes[t];
     }
-    var s1 = vec4<f32>();
-    var s2 = vec4<f32>();
-    var ok = vec4<bool>();
-    var local_m = 0.0;
-    var local_v = 0.0;
-    for (var k = 0u; k < 4u; k++) {
-      if (base + k < p.n) {
-        ok[k] = finite(g[k]);
-        if (ok[k]) {
-          let gk = g[k];
-          s2[k] = map_v[(cv >> (8u * k)) & 255u] * av;
-          s2[k] = s2[k] * p.beta2 + (1.0 - p.beta2) * gk * gk;
-          s1[k] = map_m[(cm >> (8u * k)) & 255u] * am;
-          s1[k] = s1[k] * p.beta1 + (1.0 - p.beta1) * gk;
-        }
-        local_m = max(local_m, abs(s1[k]));
-        local_v = max(local_v, abs(s2[k]));
+  }
+  let r = update(t, a, Quad());
+  if (t < 64u) {
+    if (e < p.n) {
+      for (var k = 0u; k < a.count; k++) {
+        param1[e + k] = r[0].w[k];
       }
+      m_codes[t] = r[0].cm;
+      v_codes[t] = r[0].cv;
     }
-    red_m[lid.x] = local_m;
-    red_v[lid.x] = local_v;
-    workgroupBarrier();
-    for (var half = 32u; half > 0u; half >>= 1u) {
-      if (lane < half) {
-        red_m[lid.x] = max(red_m[lid.x], red_m[lid.x + half]);
-        red_v[lid.x] = max(red_v[lid.x], red_v[lid.x + half]);
-      }
-      workgroupBarrier();
-    }
-    let new_m = red_m[sub * 64u];
-    let new_v = red_v[sub * 64u];
-    // The next step rewrites red_m and red_v.
-    workgroupBarrier();
-    if (base < p.n) {
-      if (lane == 0u) {
-        m_absmax[block] = new_m;
-        v_absmax[block] = new_v;
-      }
-      var out_m = 0u;
-      var out_v = 0u;
-      for (var k = 0u; k < 4u; k++) {
-        let i = base + k;
-        if (i >= p.n) {
-          break;
-        }
-        if (ok[k]) {
-          var w = param[i];
-          w = w + p.step_size * (s1[k] / (sqrt(s2[k]) + p.c2eps));
-          param[i] = w * p.decay;
-        }
-        var qm = 255u;
-        var qv = 0u;
-        if (new_m > 0.0) {
-          qm = quantize_m(s1[k] / new_m);
-          if (sign_bit(map_m[qm]) != sign_bit(s1[k])) {
-            qm = select(qm - 1u, qm + 1u, s1[k] > 0.0) & 255u;
-          }
-        }
-        if (new_v > 0.0) {
-          qv = quantize_v(s2[k] / new_v);
-        }
-        out_m |= qm << (8u * k);
-        out_v |= qv << (8u * k);
-      }
-      m_codes[word] = out_m;
-      v_codes[word] = out_v;
+    if (t == 0u) {
+      m_absmax[p.first_block] = r[0].am;
+      v_absmax[p.first_block] = r[0].av;
     }
   }
 }

@@ -23,7 +23,17 @@ var<workgroup> wbad: array<f32, WG>;
 fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
   var s = 0.0;
   var bad = 0.0;
-  for (var i = lid.x; i < p.count; i += WG) {
+  // Four loads in flight per step, then the rest one by one; a fixed order.
+  var i = lid.x;
+  for (; i + 3u * WG < p.count; i += 4u * WG) {
+    let q0 = partials[i];
+    let q1 = partials[i + WG];
+    let q2 = partials[i + 2u * WG];
+    let q3 = partials[i + 3u * WG];
+    s += (q0.x + q1.x) + (q2.x + q3.x);
+    bad = max(bad, max(max(q0.y, q1.y), max(q2.y, q3.y)));
+  }
+  for (; i < p.count; i += WG) {
     let q = partials[i];
     s += q.x;
     bad = max(bad, q.y);

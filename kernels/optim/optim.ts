@@ -27,14 +27,17 @@ const UNSCALE = { file: "kernels/optim/grad_unscale.wgsl", code: unscaleCode };
 
 /** Elements per 8-bit state block (one absmax each). */
 export const ADAMW8BIT_BLOCK = 256;
-/** Blocks per workgroup of the 8-bit step (BLOCKS_PER_WG in adamw8bit.wgsl). */
-const ADAMW8BIT_BLOCKS_PER_GROUP = 16;
+/** Blocks per workgroup of the 8-bit step (BLOCKS in adamw8bit.wgsl). */
+const ADAMW8BIT_BLOCKS_PER_GROUP = 8;
 /** Tensors with fewer elements keep f32 states (bitsandbytes' min_8bit_size). */
 export const ADAMW8BIT_MIN_SIZE = 4096;
 /** Bytes of the gradient statistics buffer: { norm: f32, nonfinite: u32 }. */
 export const GRAD_STATS_BYTES = 8;
-/** Most workgroups of the first statistics pass per tensor. */
-const STATS_MAX_GROUPS = 1024;
+/** Most workgroups of the first statistics pass per tensor: many per multiprocessor, so the
+ * grid-stride loop ends in step everywhere. */
+const STATS_MAX_GROUPS = 4096;
+/** Vectors of 4 elements each invocation loads per step of the statistics pass (UNROLL). */
+const STATS_UNROLL = 4;
 
 // ---------------------------------------------------------------------------------------------
 // Dynamic quantization maps
@@ -137,6 +140,27 @@ function checkN(n: number, what: string): void {
   }
 }
 
+interface Range {
+  buffer: GPUBuffer;
+  offset: number;
+  size: number;
+}
+
+function wholeRange(b: Binding): Range {
+  return "buffer" in b ? b : { buffer: b, offset: 0, size: b.size };
+}
+
+/** The binding as a range, checked to hold `bytes`. */
+function checkRange(what: string, name: string, b: Binding, bytes: number): Range {
+  const r = wholeRange(b);
+  if (r.size < bytes) {
+    throw new RangeError(
+      `${what}: buffer "${name}" binds ${r.size} bytes but needs ${bytes}; pass a larger buffer or a smaller n`,
+    );
+  }
+  return r;
+}
+
 export interface AdamWArgs {
   /** f32 [N], updated in place. */
   param: Binding;
@@ -152,32 +176,57 @@ export interface AdamWArgs {
   order?: "torch" | "bitsandbytes";
 }
 
-/** Encodes one AdamW step on f32 states. */
+/** Vectors of 4 elements per invocation of the AdamW f32 and gradient statistics kernels. */
+const ADAMW_UNITS = 2;
+
+/** Encodes one AdamW step on f32 states: 16-byte vectors over the first N rounded down to a
+ * multiple of 4, and the last N % 4 elements in a second, tiny dispatch. Bindings may be ranges
+ * (offsets as WebGPU requires) of at least N floats each. */
 export async function adamw(enc: Encoder, args: AdamWArgs): Promise<void> {
-  checkN(args.n, "adamw");
+  const n = args.n;
+  checkN(n, "adamw");
   const h = args.hyper;
   checkHyper(h);
+  const ranges = (["param", "grad", "m", "v"] as const).map((k) => checkRange("adamw", k, args[k], n * 4));
   const c1 = 1 - h.beta1 ** h.step;
   const c2 = Math.sqrt(1 - h.beta2 ** h.step);
-  const pipeline = await enc.gpu.pipelines.get({ shader: ADAMW });
-  const params = new ArrayBuffer(40);
-  new Uint32Array(params, 0, 2).set([args.n, args.order === "bitsandbytes" ? 1 : 0]);
-  new Float32Array(params, 8, 8).set([
-    h.beta1,
-    h.beta2,
-    1 - h.beta1,
-    1 - h.beta2,
-    h.eps,
-    h.lr / c1,
-    c2,
-    1 - h.lr * h.weightDecay,
-  ]);
-  enc.dispatch(
-    pipeline,
-    new Uint8Array(params),
-    [args.param, args.grad, args.m, args.v],
-    grid(enc.gpu, Math.ceil(args.n / 256)),
-  );
+  const params = (count: number, start: number) => {
+    const buf = new ArrayBuffer(48);
+    new Uint32Array(buf, 0, 2).set([count, args.order === "bitsandbytes" ? 1 : 0]);
+    new Float32Array(buf, 8, 8).set([
+      h.beta1,
+      h.beta2,
+      1 - h.beta1,
+      1 - h.beta2,
+      h.eps,
+      h.lr / c1,
+      c2,
+      1 - h.lr * h.weightDecay,
+    ]);
+    new Uint32Array(buf, 40, 1)[0] = start;
+    return new Uint8Array(buf);
+  };
+  const main = n - (n % 4);
+  if (main > 0) {
+    const pipeline = await enc.gpu.pipelines.get({ shader: ADAMW, entry: "main" });
+    enc.dispatch(
+      pipeline,
+      params(main, 0),
+      ranges.map((r) => ({ buffer: r.buffer, offset: r.offset, size: main * 4 })),
+      grid(enc.gpu, Math.ceil(main / 4 / ADAMW_UNITS / 256)),
+    );
+  }
+  if (main < n) {
+    const align = enc.gpu.device.limits.minStorageBufferOffsetAlignment;
+    const skip = Math.floor((main * 4) / align) * align;
+    const pipeline = await enc.gpu.pipelines.get({ shader: ADAMW, entry: "tail" });
+    enc.dispatch(
+      pipeline,
+      params(n - main, (main * 4 - skip) / 4),
+      ranges.map((r) => ({ buffer: r.buffer, offset: r.offset + skip, size: r.size - skip })),
+      [1],
+    );
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -241,7 +290,10 @@ export interface AdamW8bitArgs {
   hyper: AdamWHyper;
 }
 
-/** Encodes one bitsandbytes-style AdamW 8-bit step (weight decay after the update). */
+/** Encodes one bitsandbytes-style AdamW 8-bit step (weight decay after the update). The main
+ * dispatch moves param and grad as 16-byte vectors over the first N rounded down to a multiple of 4
+ * (all of N when N % 4 = 0); otherwise a second, one-workgroup dispatch updates the last block with
+ * 4-byte loads. param and grad may be ranges (offsets as WebGPU requires) of at least N floats. */
 export async function adamw8bit(enc: Encoder, args: AdamW8bitArgs): Promise<void> {
   const { state: s, hyper: h } = args;
   if (!s.quantized) {
@@ -257,24 +309,65 @@ export async function adamw8bit(enc: Encoder, args: AdamW8bitArgs): Promise<void
     return;
   }
   checkHyper(h);
+  const n = s.n;
+  const param = checkRange("adamw8bit", "param", args.param, n * 4);
+  const grad = checkRange("adamw8bit", "grad", args.grad, n * 4);
   const c1 = 1 - h.beta1 ** h.step;
   const c2 = Math.sqrt(1 - h.beta2 ** h.step);
-  const pipeline = await enc.gpu.pipelines.get({ shader: ADAMW8BIT });
-  const params = new ArrayBuffer(24);
-  new Uint32Array(params, 0, 1)[0] = s.n;
-  new Float32Array(params, 4, 5).set([
-    h.beta1,
-    h.beta2,
-    (-h.lr * c2) / c1,
-    c2 * h.eps,
-    1 - h.lr * h.weightDecay,
-  ]);
-  enc.dispatch(
-    pipeline,
-    new Uint8Array(params),
-    [args.param, args.grad, s.m, s.v, s.absmaxM!, s.absmaxV!, dynamicMapsBuffer(enc.gpu)],
-    grid(enc.gpu, Math.ceil(s.n / ADAMW8BIT_BLOCK / ADAMW8BIT_BLOCKS_PER_GROUP)),
-  );
+  const params = (count: number, firstBlock: number) => {
+    const buf = new ArrayBuffer(32);
+    new Uint32Array(buf, 0, 2).set([count, firstBlock]);
+    new Float32Array(buf, 8, 5).set([
+      h.beta1,
+      h.beta2,
+      (-h.lr * c2) / c1,
+      c2 * h.eps,
+      1 - h.lr * h.weightDecay,
+    ]);
+    return new Uint8Array(buf);
+  };
+  const blocks = Math.ceil(n / ADAMW8BIT_BLOCK);
+  // Elements of the vector dispatch: all, or all blocks but the last when N % 4 != 0.
+  const main = n % 4 === 0 ? n : (blocks - 1) * ADAMW8BIT_BLOCK;
+  const maps = dynamicMapsBuffer(enc.gpu);
+  const absmax = [s.absmaxM!, s.absmaxV!];
+  if (main > 0) {
+    const pipeline = await enc.gpu.pipelines.get({ shader: ADAMW8BIT, entry: "main" });
+    enc.dispatch(
+      pipeline,
+      params(main, 0),
+      [
+        { buffer: param.buffer, offset: param.offset, size: main * 4 },
+        { buffer: grad.buffer, offset: grad.offset, size: main * 4 },
+        { buffer: s.m, offset: 0, size: main },
+        { buffer: s.v, offset: 0, size: main },
+        ...absmax,
+        maps,
+      ],
+      grid(enc.gpu, Math.ceil(main / ADAMW8BIT_BLOCK / ADAMW8BIT_BLOCKS_PER_GROUP)),
+    );
+  }
+  if (main < n) {
+    const pipeline = await enc.gpu.pipelines.get({ shader: ADAMW8BIT, entry: "tail" });
+    const tail = (r: Range, bytes: number) => ({
+      buffer: r.buffer,
+      offset: r.offset + main * bytes,
+      size: r.size - main * bytes,
+    });
+    enc.dispatch(
+      pipeline,
+      params(n - main, blocks - 1),
+      [
+        tail(param, 4),
+        tail(grad, 4),
+        tail(wholeRange(s.m), 1),
+        tail(wholeRange(s.v), 1),
+        ...absmax,
+        maps,
+      ],
+      [1],
+    );
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -286,13 +379,19 @@ export interface GradTensor {
   n: number;
 }
 
+/** Workgroups of the vector pass over the first N rounded down to a multiple of 4. */
 function statsGroups(n: number): number {
-  return Math.min(STATS_MAX_GROUPS, Math.ceil(n / (256 * 4)));
+  return Math.min(STATS_MAX_GROUPS, Math.ceil(Math.floor(n / 4) / (256 * STATS_UNROLL)));
+}
+
+/** Partial slots of one tensor: the vector pass's workgroups, plus one for the last N % 4. */
+function statsSlots(n: number): number {
+  return statsGroups(n) + (n % 4 === 0 ? 0 : 1);
 }
 
 /** Bytes of the partials workspace that gradStats needs for these tensors. */
 export function gradStatsWorkspaceBytes(grads: readonly GradTensor[]): number {
-  return Math.max(8, grads.reduce((s, g) => s + statsGroups(g.n), 0) * 8);
+  return Math.max(8, grads.reduce((s, g) => s + statsSlots(g.n), 0) * 8);
 }
 
 export interface GradStatsArgs {
@@ -304,21 +403,43 @@ export interface GradStatsArgs {
 }
 
 /** Encodes the global L2 norm of all gradients and the non-finite flag: two passes, f32 partial
- * sums per workgroup, a fixed summation order. */
+ * sums per workgroup, a fixed summation order. Gradients are read as 16-byte vectors; the last
+ * N % 4 elements of a tensor go to a one-invocation dispatch. */
 export async function gradStats(enc: Encoder, args: GradStatsArgs): Promise<void> {
   if (args.grads.length === 0) throw new RangeError("gradStats: no gradient tensors given");
   const need = gradStatsWorkspaceBytes(args.grads);
   if (args.partials.size < need) {
     throw new RangeError(`gradStats: partials buffer has ${args.partials.size} bytes, needs ${need}`);
   }
-  const partial = await enc.gpu.pipelines.get({ shader: STATS_PARTIAL });
   const final = await enc.gpu.pipelines.get({ shader: STATS_FINAL });
+  const align = enc.gpu.device.limits.minStorageBufferOffsetAlignment;
   let offset = 0;
   for (const g of args.grads) {
     checkN(g.n, "gradStats");
+    const r = checkRange("gradStats", "grad", g.buffer, g.n * 4);
+    const main = g.n - (g.n % 4);
     const groups = statsGroups(g.n);
-    enc.dispatch(partial, new Uint32Array([g.n, offset]), [g.buffer, args.partials], [groups]);
-    offset += groups;
+    if (groups > 0) {
+      const partial = await enc.gpu.pipelines.get({ shader: STATS_PARTIAL, entry: "main" });
+      enc.dispatch(
+        partial,
+        new Uint32Array([main, offset, 0, 0]),
+        [{ buffer: r.buffer, offset: r.offset, size: main * 4 }, args.partials],
+        [groups],
+      );
+      offset += groups;
+    }
+    if (main < g.n) {
+      const skip = Math.floor((main * 4) / align) * align;
+      const tail = await enc.gpu.pipelines.get({ shader: STATS_PARTIAL, entry: "tail" });
+      enc.dispatch(
+        tail,
+        new Uint32Array([g.n - main, offset, (main * 4 - skip) / 4, 0]),
+        [{ buffer: r.buffer, offset: r.offset + skip, size: r.size - skip }, args.partials],
+        [1],
+      );
+      offset += 1;
+    }
   }
   enc.dispatch(final, new Uint32Array([offset]), [args.partials, args.stats], [1]);
 }

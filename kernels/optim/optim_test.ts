@@ -9,6 +9,7 @@ import {
   writeBuffer,
 } from "../../engine/buffers.ts";
 import { Encoder } from "../../engine/encoder.ts";
+import type { Gpu } from "../../engine/gpu.ts";
 import { assertClose, gpuTest, Rng, testSeed } from "../../engine/testing.ts";
 import {
   adamw,
@@ -109,7 +110,18 @@ await gpuTest("optim: AdamW 8-bit blockwise codes and params against float64", a
   const rng = new Rng(seed);
   const mapM = createDynamicMap(true);
   const mapV = createDynamicMap(false);
-  const n = 256 * 23 + 77; // a partial last block
+  // A partial last block with N % 4 != 0 (the last block in its own dispatch) and with N % 4 = 0.
+  for (const n of [256 * 23 + 77, 256 * 17 + 52]) await checkAdamW8bit(gpu, seed, rng, mapM, mapV, n);
+});
+
+async function checkAdamW8bit(
+  gpu: Gpu,
+  seed: number,
+  rng: Rng,
+  mapM: Float32Array,
+  mapV: Float32Array,
+  n: number,
+): Promise<void> {
   const blocks = Math.ceil(n / 256);
   const state = createAdamW8bitState(gpu, n);
   const pBuf = uploadF32(gpu, rng.uniforms(n));
@@ -148,7 +160,7 @@ await gpuTest("optim: AdamW 8-bit blockwise codes and params against float64", a
       await adamw8bit(enc, { param: pBuf, grad: gBuf, state, hyper: h });
       await enc.submit();
       const want = adamw8bitRef(p0, g, cm0, cv0, am0, av0, h, mapM, mapV);
-      const label = `seed ${seed}: adamw8bit step ${step}`;
+      const label = `seed ${seed}: adamw8bit n ${n} step ${step}`;
       assertClose(await readF32(gpu, pBuf, n), want.param, {
         atol: 1e-6,
         rtol: 1e-6,
@@ -197,7 +209,7 @@ await gpuTest("optim: AdamW 8-bit blockwise codes and params against float64", a
   if (nearMidpoint > total * 1e-3) {
     throw new Error(`seed ${seed}: ${nearMidpoint} of ${total} codes off by one`);
   }
-});
+}
 
 await gpuTest("optim: AdamW 8-bit keeps f32 states for small tensors (bitsandbytes order)", async (gpu) => {
   const seed = testSeed();
@@ -289,15 +301,20 @@ await gpuTest("optim: gradient norm, non-finite flag, clipping and unscaling", a
     got = await readStats();
     assertClose([got.norm], [ref.norm * factor], { rtol: 1e-5, label: `seed ${seed}: clipped norm` });
 
-    // One infinity in the large tensor, a NaN in the small one: the flag is raised.
-    for (const [k, idx, value] of [[3, 654_321, Infinity], [1, 999, NaN]] as const) {
+    // One at a time: an infinity in the large tensor, a NaN in the small one, a NaN in the last
+    // element of a tensor with N % 4 != 0: the flag is raised.
+    for (const [k, idx, value] of [[3, 654_321, Infinity], [1, 999, NaN], [2, 4096, NaN]] as const) {
+      const [before] = await readF32(gpu, bufs[k], idx + 1).then((a) => a.subarray(idx));
       writeBuffer(gpu, bufs[k], new Float32Array([value]), idx * 4);
       await run((enc) => gradStats(enc, { grads, partials, stats }));
       got = await readStats();
       if (got.flag !== 1) {
         throw new Error(`seed ${seed}: non-finite flag ${got.flag} with ${value} in tensor ${k}`);
       }
+      writeBuffer(gpu, bufs[k], new Float32Array([before]), idx * 4);
     }
+    await run((enc) => gradStats(enc, { grads, partials, stats }));
+    if ((await readStats()).flag !== 0) throw new Error(`seed ${seed}: non-finite flag stays raised`);
   } finally {
     for (const b of [...bufs, partials, stats]) b.destroy();
   }
