@@ -16,29 +16,30 @@
 // NF4 weights: a team of nf4Team(in) threads per 4 consecutive rows; each thread keeps its 64-element
 // slices of x in registers (as f32) across the 4 rows, issues the 8 code-word loads of the 4 rows
 // before the arithmetic, and decodes codes through a 16-entry table in workgroup memory (see
-// matvec_nf4_subgroup.wgsl).
+// matvec_nf4.wgsl).
 // Variants:
-//   "subgroup"   reduction with subgroupAdd (adapters with subgroups of 4..32 invocations)
-//   "workgroup"  portable: a workgroup-memory tree reduction
+//   "subgroup"   reduction with subgroupAdd (adapters with subgroups of 4..32 invocations); f16 only
+//   "workgroup"  portable: a workgroup-memory tree reduction. The only NF4 variant: a subgroup
+//                reduction measured no faster there (H100: 288 against 300 GB/s at 4096 -> 4096,
+//                263 against 313 at 4096 -> 14336), while it halves the f16 lm_head's time.
 
 import type { Binding, Encoder } from "../../engine/encoder.ts";
 import type { Capabilities, Gpu } from "../../engine/gpu.ts";
+import type { Shader } from "../../engine/pipeline.ts";
 import type { Nf4Weight } from "../nf4/nf4.ts";
 import nf4Code from "./matvec_nf4.wgsl" with { type: "text" };
-import nf4SubgroupCode from "./matvec_nf4_subgroup.wgsl" with { type: "text" };
 import f16Code from "./matvec_f16.wgsl" with { type: "text" };
 import f16SubgroupCode from "./matvec_f16_subgroup.wgsl" with { type: "text" };
 
-const SHADERS = {
+const SHADERS: Record<MatvecWeight["kind"], Partial<Record<MatvecVariant, Shader>>> = {
   nf4: {
     workgroup: { file: "kernels/matvec/matvec_nf4.wgsl", code: nf4Code },
-    subgroup: { file: "kernels/matvec/matvec_nf4_subgroup.wgsl", code: nf4SubgroupCode },
   },
   f16: {
     workgroup: { file: "kernels/matvec/matvec_f16.wgsl", code: f16Code },
     subgroup: { file: "kernels/matvec/matvec_f16_subgroup.wgsl", code: f16SubgroupCode },
   },
-} as const;
+};
 
 /** Output rows per workgroup of the f16 kernels (lane groups of 32 in a workgroup of 256). */
 export const MATVEC_ROWS_PER_WORKGROUP = 8;
@@ -89,7 +90,7 @@ export function matvecUnsupported(
   caps: Capabilities,
   kind: MatvecWeight["kind"],
   shape: MatvecShape,
-  variant: MatvecVariant = pickMatvecVariant(caps),
+  variant: MatvecVariant = pickMatvecVariant(caps, kind),
 ): string | undefined {
   const { out, in: inDim, K2 = 0 } = shape;
   if (!caps.f16) return `${caps.adapter} has no shader-f16`;
@@ -107,6 +108,7 @@ export function matvecUnsupported(
   if (out * Math.max(inDim, K2) >= 2 ** 32) {
     return `[${out}, ${Math.max(inDim, K2)}] has 2^32 or more elements; the kernel's indices are 32-bit`;
   }
+  if (!SHADERS[kind][variant]) return `${kind} weights have no ${variant} variant`;
   if (variant === "subgroup") {
     const { subgroupMinSize: lo, subgroupMaxSize: hi } = caps;
     if (!caps.subgroups) return `${caps.adapter} has no subgroups`;
@@ -117,9 +119,11 @@ export function matvecUnsupported(
   return undefined;
 }
 
-/** The subgroup reduction where the adapter has subgroups of 4..32 invocations, else the portable one. */
-export function pickMatvecVariant(caps: Capabilities): MatvecVariant {
-  return caps.subgroups && caps.subgroupMinSize >= 4 && caps.subgroupMaxSize <= 32 ? "subgroup" : "workgroup";
+/** For f16 weights the subgroup reduction where the adapter has subgroups of 4..32 invocations;
+ * otherwise the portable one. */
+export function pickMatvecVariant(caps: Capabilities, kind: MatvecWeight["kind"]): MatvecVariant {
+  const subgroups = caps.subgroups && caps.subgroupMinSize >= 4 && caps.subgroupMaxSize <= 32;
+  return kind === "f16" && subgroups ? "subgroup" : "workgroup";
 }
 
 /** Workgroups as a 2D grid under the per-dimension limit; the kernels number them wg.y * gx + wg.x. */
@@ -133,7 +137,7 @@ function grid(gpu: Gpu, groups: number): [number, number] {
 export async function matvec(enc: Encoder, args: MatvecArgs): Promise<void> {
   const { w, out, in: inDim } = args;
   const K2 = args.second ? (args.K2 ?? 0) : 0;
-  const variant = args.variant ?? pickMatvecVariant(enc.gpu.caps);
+  const variant = args.variant ?? pickMatvecVariant(enc.gpu.caps, w.kind);
   const where = `matvec ${w.kind} [${out}, ${inDim}]${K2 ? ` + f16 [${out}, ${K2}]` : ""} (${variant})`;
   if (args.second && !(K2 > 0)) throw new RangeError(`${where}: a second product needs K2 >= 1`);
   if (!args.second && args.K2) {
@@ -163,7 +167,7 @@ export async function matvec(enc: Encoder, args: MatvecArgs): Promise<void> {
     need("second.x", args.second.x, K2 * 2);
   }
   const pipeline = await enc.gpu.pipelines.get({
-    shader: SHADERS[w.kind][variant],
+    shader: SHADERS[w.kind][variant]!,
     substitutions: { OUT: args.yType },
     constants: w.kind === "nf4" ? { TEAM: nf4Team(inDim) } : undefined,
   });

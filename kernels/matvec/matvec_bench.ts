@@ -8,7 +8,7 @@
 // been evicted by the others before it is read again (a decode step reads every weight once).
 // Quick: 512x512 NF4 and 512x4096 f16, two copies.
 
-import { createBuffer, upload } from "../../engine/buffers.ts";
+import { createBuffer, releaseBuffer, upload } from "../../engine/buffers.ts";
 import type { Gpu } from "../../engine/gpu.ts";
 import { timeGpu } from "../../engine/timing.ts";
 import { type BenchContext, type BenchRow, gpuRow } from "../../bench/harness.ts";
@@ -32,7 +32,7 @@ function randomF16(gpu: Gpu, count: number, seed: number): GPUBuffer {
     enc.copyBufferToBuffer(src, 0, buf, off, Math.min(chunk, Math.floor((bytes - off) / 4) * 4));
   }
   gpu.device.queue.submit([enc.finish()]);
-  src.destroy();
+  releaseBuffer(src);
   return buf;
 }
 
@@ -82,19 +82,21 @@ export default async function bench(ctx: BenchContext): Promise<BenchRow[]> {
       const release = () => releases.forEach((f) => f());
       if (s.kind === "nf4") {
         const q = await nf4Quantize(gpu, source, "f16", s.out, s.in, "matvec bench");
-        source.destroy();
+        releaseBuffer(source);
         for (let c = 0; c < copies; c++) {
           const w = c === 0 ? q : nf4Copy(gpu, q);
           ws.push({ kind: "nf4", w });
           releases.push(() =>
-            c === 0 ? nf4Release(w) : [w.codes, w.absmaxCodes, w.nested, w.dynmap].forEach((b) => b.destroy())
+            c === 0
+              ? nf4Release(w)
+              : [w.codes, w.absmaxCodes, w.nested, w.dynmap].forEach((b) => releaseBuffer(b))
           );
         }
       } else {
         for (let c = 0; c < copies; c++) {
           const w = c === 0 ? source : copyOf(gpu, source, "matvec bench weight");
           ws.push({ kind: "f16", w });
-          releases.push(() => w.destroy());
+          releases.push(() => releaseBuffer(w));
         }
       }
       const x = randomF16(gpu, s.in, 7);
@@ -112,8 +114,8 @@ export default async function bench(ctx: BenchContext): Promise<BenchRow[]> {
         }
       } finally {
         release();
-        x.destroy();
-        y.destroy();
+        releaseBuffer(x);
+        releaseBuffer(y);
       }
     }
   }

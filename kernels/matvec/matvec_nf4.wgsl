@@ -1,4 +1,4 @@
-// Matrix-vector product with an NF4 weight (kernels/nf4 layout), portable variant (no subgroups):
+// Matrix-vector product with an NF4 weight (kernels/nf4 layout), portable (no subgroups):
 //   y[o] = alpha * sum_i W[o, i] x[i] + alpha2 * sum_k W2[o, k] x2[k] + beta * y[o]   (o < OUT)
 // W NF4 [OUT, IN] with IN % 32 == 0: row o is the 16-byte code words o*NW .. o*NW + NW - 1
 // (NW = IN / 32, 32 codes each, element 2k in the HIGH nibble of byte k), and a word lies inside
@@ -15,7 +15,7 @@
 // f32 table in workgroup memory (distinct entries sit in distinct banks: no bank conflicts), the
 // absmax codes through the dynamic map in workgroup memory. f32 partial sums of the 4 rows as one
 // vec4, reduced through workgroup memory: a tree within each 32 invocations, then the team's
-// TEAM / 32 sums in order. The same work split and arithmetic as matvec_nf4_subgroup.wgsl.
+// TEAM / 32 sums in order.
 // Rows past OUT load row OUT - 1 and are never written; every
 // load is in bounds. beta 0 never reads y.
 enable f16;
