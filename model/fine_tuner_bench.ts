@@ -52,6 +52,9 @@ export default async function bench(ctx: BenchContext): Promise<BenchRow[]> {
     };
     const strategy = createStrategy("qlora");
     const runDir = await Deno.makeTempDir({ prefix: "finetuner_bench_" });
+    // Peak of this run's own buffers: what other benches of the process hold is left out.
+    const base = gpu.memory.report().liveBytes;
+    gpu.memory.resetPeak();
     const llama = await strategy.createModel(
       [gpu],
       { kind: "random", config: model, seed: 1 },
@@ -77,7 +80,7 @@ export default async function bench(ctx: BenchContext): Promise<BenchRow[]> {
       }
       const timed = times.slice(1).sort((a, b) => a - b);
       const ms = timed[Math.floor(timed.length / 2)];
-      const peak = Math.max(...llama.memory().map((m) => m.peakBytes)) / 2 ** 30;
+      const peak = (gpu.memory.report().peakBytes - base) / 2 ** 30;
       rows.push(
         gpuRow(
           gpu,

@@ -10,7 +10,7 @@
 // and where a step's wall time goes (CPU encoding, submit, waiting for the GPU and reading the logits).
 // Quick: a tiny config, 64-row cache.
 
-import { createBuffer } from "../engine/buffers.ts";
+import { createBuffer, releaseBuffer } from "../engine/buffers.ts";
 import type { Gpu } from "../engine/gpu.ts";
 import { type BenchContext, type BenchRow, gpuRow } from "../bench/harness.ts";
 import { LLAMA31_8B } from "./config.ts";
@@ -73,8 +73,8 @@ async function copyGbps(gpu: Gpu, quick: boolean): Promise<number> {
     samples.sort((a, b) => a - b);
     return (2 * bytes) / (samples[1] * 1e-3) / 1e9;
   } finally {
-    src.destroy();
-    dst.destroy();
+    releaseBuffer(src);
+    releaseBuffer(dst);
   }
 }
 

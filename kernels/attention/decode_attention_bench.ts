@@ -3,7 +3,7 @@
 // against the float64 reference. Bytes counted: the cache rows read (k and v, n*KVH*D f16 each);
 // the query, output and workspace are a few hundred KiB at most.
 
-import { createBuffer, readAs, roundToF16, uploadF16 } from "../../engine/buffers.ts";
+import { createBuffer, readAs, releaseBuffer, roundToF16, uploadF16 } from "../../engine/buffers.ts";
 import { Encoder } from "../../engine/encoder.ts";
 import type { Gpu } from "../../engine/gpu.ts";
 import { relativeError, Rng } from "../../engine/testing.ts";
@@ -58,7 +58,7 @@ async function benchShape(gpu: Gpu, s: DecodeAttentionShape, quick: boolean): Pr
       }),
     ];
   } finally {
-    for (const b of bufs) b.destroy();
+    for (const b of bufs) releaseBuffer(b);
   }
 }
 

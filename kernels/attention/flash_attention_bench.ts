@@ -8,7 +8,7 @@
 // halved when causal; the backward is 2.5x the forward (five products instead of two).
 // Bytes: q, k, v, o (and dO, dq, dk, dv for the backward) in f16 once, lse in f32 once.
 
-import { createBuffer, readAs, roundToF16, uploadF16 } from "../../engine/buffers.ts";
+import { createBuffer, readAs, releaseBuffer, roundToF16, uploadF16 } from "../../engine/buffers.ts";
 import { Encoder } from "../../engine/encoder.ts";
 import type { Gpu } from "../../engine/gpu.ts";
 import { relativeError, Rng } from "../../engine/testing.ts";
@@ -182,7 +182,7 @@ async function benchShape(gpu: Gpu, s: Shape, quick: boolean): Promise<BenchRow[
       }));
     }
   } finally {
-    for (const b of bufs) b.destroy();
+    for (const b of bufs) releaseBuffer(b);
   }
   return rows;
 }

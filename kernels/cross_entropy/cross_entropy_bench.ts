@@ -3,7 +3,7 @@
 // TFLOP/s counts the lm_head matmuls (forward 2·T·C·V; backward 4·T·C·V: the recomputed logits and
 // dHidden); GB/s counts the hidden and weight bytes read once.
 
-import { createBuffer, toF16Bits, writeBuffer } from "../../engine/buffers.ts";
+import { createBuffer, releaseBuffer, toF16Bits, writeBuffer } from "../../engine/buffers.ts";
 import type { Gpu } from "../../engine/gpu.ts";
 import { Rng } from "../../engine/testing.ts";
 import { timeGpu } from "../../engine/timing.ts";
@@ -61,7 +61,7 @@ export default async function bench(ctx: BenchContext): Promise<BenchRow[]> {
       rows.push(gpuRow(gpu, "cross_entropy_bwd", shape, bwd.ms, { flops: 4 * T * C * V, bytes }));
     } finally {
       ws.destroy();
-      for (const b of [hidden, weight, labelBuf, loss, lse, totals, dHidden]) b.destroy();
+      for (const b of [hidden, weight, labelBuf, loss, lse, totals, dHidden]) releaseBuffer(b);
     }
   }
   return rows;

@@ -3,7 +3,7 @@
 // copy (1 GiB; quick 16 MiB) that the memory-bound rows of every family are measured against.
 // GB/s counts bytes read plus bytes written.
 
-import { createBuffer, upload } from "../../engine/buffers.ts";
+import { createBuffer, releaseBuffer, upload } from "../../engine/buffers.ts";
 import type { Gpu } from "../../engine/gpu.ts";
 import { timeGpu } from "../../engine/timing.ts";
 import { type BenchContext, type BenchRow, gpuRow } from "../../bench/harness.ts";
@@ -52,8 +52,8 @@ async function copyRow(gpu: Gpu, quick: boolean): Promise<BenchRow> {
     const ms = await copyMs(gpu, src, dst, bytes, quick ? 4 : 10);
     return gpuRow(gpu, "copy_bandwidth", `bytes=${bytes}`, ms, { bytes: 2 * bytes });
   } finally {
-    src.destroy();
-    dst.destroy();
+    releaseBuffer(src);
+    releaseBuffer(dst);
   }
 }
 
@@ -82,7 +82,7 @@ export default async function bench(ctx: BenchContext): Promise<BenchRow[]> {
       const t = await timeGpu(gpu, (enc) => residualAdd(enc, { a, b, out: y, n }));
       rows.push(gpuRow(gpu, "residual_add", shape, t.ms, { bytes: 3 * n * 2, ref }));
     } finally {
-      for (const buf of [a, b, y]) buf.destroy();
+      for (const buf of [a, b, y]) releaseBuffer(buf);
     }
     for (const [from, to] of CASTS) {
       const src = from === "f32" ? createBuffer(gpu, n * 4, "workspace") : randomHalves(gpu, n, 3);
@@ -92,8 +92,8 @@ export default async function bench(ctx: BenchContext): Promise<BenchRow[]> {
         const bytes = n * (ELEMENT_BYTES[from] + ELEMENT_BYTES[to]);
         rows.push(gpuRow(gpu, `cast_${from}_${to}`, shape, t.ms, { bytes, ref }));
       } finally {
-        src.destroy();
-        dst.destroy();
+        releaseBuffer(src);
+        releaseBuffer(dst);
       }
     }
   }

@@ -2,7 +2,7 @@
 // C = 512, V = 4096), with random ids. Memory-bound: GB/s of the bytes that must move (ids, the
 // gathered rows, the output), compared with `copy_bandwidth`.
 
-import { createBuffer, upload } from "../../engine/buffers.ts";
+import { createBuffer, releaseBuffer, upload } from "../../engine/buffers.ts";
 import { Rng } from "../../engine/testing.ts";
 import { timeGpu } from "../../engine/timing.ts";
 import { type BenchContext, type BenchRow, gpuRow } from "../../bench/harness.ts";
@@ -26,7 +26,7 @@ export default async function bench(ctx: BenchContext): Promise<BenchRow[]> {
         gpuRow(gpu, "embedding_fwd", shape, t.ms, { bytes: T * 4 + 2 * T * C * 2, ref: "copy_bandwidth" }),
       );
     } finally {
-      for (const b of [table, ids, out]) b.destroy();
+      for (const b of [table, ids, out]) releaseBuffer(b);
     }
   }
   return rows;

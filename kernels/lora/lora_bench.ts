@@ -2,7 +2,7 @@
 // Llama-3.1-8B projection shapes at T = 4096 (quick: small shapes). Set beside the
 // nf4_matmul_{fwd,dx}_* rows of kernels/nf4/nf4_bench.ts: the adapter's cost is the difference.
 
-import { createBuffer, roundToF16, uploadF16 } from "../../engine/buffers.ts";
+import { createBuffer, releaseBuffer, roundToF16, uploadF16 } from "../../engine/buffers.ts";
 import type { Gpu } from "../../engine/gpu.ts";
 import { Rng } from "../../engine/testing.ts";
 import { timeGpu } from "../../engine/timing.ts";
@@ -62,7 +62,7 @@ async function benchShape(gpu: Gpu, T: number, inDim: number, out: number): Prom
       }),
     ];
   } finally {
-    for (const buf of bufs) buf.destroy();
+    for (const buf of bufs) releaseBuffer(buf);
     nf4Release(w);
   }
 }

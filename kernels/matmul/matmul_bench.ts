@@ -1,7 +1,7 @@
 // Matmul TFLOP/s for each variant and layout: M = N = K = 4096 and the Llama-3.1-8B projection
 // shapes at T = 4096 tokens (quick: 512), with the relative error of each variant's output.
 
-import { createBuffer, readAs, roundToF16, uploadF16 } from "../../engine/buffers.ts";
+import { createBuffer, readAs, releaseBuffer, roundToF16, uploadF16 } from "../../engine/buffers.ts";
 import { Encoder } from "../../engine/encoder.ts";
 import type { Gpu } from "../../engine/gpu.ts";
 import { relativeError, Rng } from "../../engine/testing.ts";
@@ -80,9 +80,9 @@ async function benchOne(gpu: Gpu, s: Shape, variant: MatmulVariant, acc: "f32" |
       ref: `torch_matmul_${s.layout}`,
     });
   } finally {
-    aBuf.destroy();
-    bBuf.destroy();
-    cBuf.destroy();
+    releaseBuffer(aBuf);
+    releaseBuffer(bBuf);
+    releaseBuffer(cBuf);
   }
 }
 

@@ -3,7 +3,7 @@
 // quantizer on one 14336 x 4096 weight. Compare with bench/reference/torch_nf4_lora.py (f16 matmul
 // on the already-dequantized weight, rows torch_f16_matmul_{fwd,dx}_<in>x<out>).
 
-import { createBuffer, roundToF16, upload, uploadF16 } from "../../engine/buffers.ts";
+import { createBuffer, releaseBuffer, roundToF16, upload, uploadF16 } from "../../engine/buffers.ts";
 import { readAs } from "../../engine/buffers.ts";
 import { Encoder } from "../../engine/encoder.ts";
 import type { Gpu } from "../../engine/gpu.ts";
@@ -110,8 +110,8 @@ async function benchMatmul(
     );
   } finally {
     nf4Release(w);
-    xBuf.destroy();
-    yBuf.destroy();
+    releaseBuffer(xBuf);
+    releaseBuffer(yBuf);
   }
 }
 
@@ -136,7 +136,7 @@ async function benchQuantize(gpu: Gpu, out: number, inDim: number): Promise<Benc
     const { blocks } = nf4Counts(out, inDim);
     return gpuRow(gpu, "nf4_quantize", `out=${out} in=${inDim} f16`, t.ms, { bytes: 2 * n + n / 2 + blocks });
   } finally {
-    src.destroy();
+    releaseBuffer(src);
     nf4Release(weight);
     nf4ReleaseWorkspace(ws);
   }

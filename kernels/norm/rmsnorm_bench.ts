@@ -2,7 +2,7 @@
 // backward dx, and the weight gradient. Memory-bound: GB/s of the bytes that must move, compared
 // with `copy_bandwidth`.
 
-import { createBuffer, upload, uploadF16 } from "../../engine/buffers.ts";
+import { createBuffer, releaseBuffer, upload, uploadF16 } from "../../engine/buffers.ts";
 import type { Gpu } from "../../engine/gpu.ts";
 import { Rng } from "../../engine/testing.ts";
 import { timeGpu } from "../../engine/timing.ts";
@@ -52,7 +52,7 @@ export default async function bench(ctx: BenchContext): Promise<BenchRow[]> {
       );
       rows.push(gpuRow(gpu, "rmsnorm_bwd_dw", shape, dwT.ms, { bytes: 2 * T * C * 2 + T * 4 + C * 4, ref }));
     } finally {
-      for (const b of [x, dy, w, y, dx, rstd, dw, ws]) b.destroy();
+      for (const b of [x, dy, w, y, dx, rstd, dw, ws]) releaseBuffer(b);
     }
   }
   return rows;

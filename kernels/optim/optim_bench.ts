@@ -4,7 +4,7 @@
 // (28 B/element); AdamW 8-bit reads and writes p and the two code bytes and reads g (16 B/element,
 // plus the absmax); the gradient norm reads g once (4 B/element).
 
-import { createBuffer, writeBuffer } from "../../engine/buffers.ts";
+import { createBuffer, releaseBuffer, writeBuffer } from "../../engine/buffers.ts";
 import type { Gpu } from "../../engine/gpu.ts";
 import { Rng } from "../../engine/testing.ts";
 import { timeGpu } from "../../engine/timing.ts";
@@ -56,8 +56,8 @@ export default async function bench(ctx: BenchContext): Promise<BenchRow[]> {
         const t = await timeGpu(gpu, (enc) => adamw(enc, { param, grad, m, v, n: N, hyper }), opts);
         rows.push(gpuRow(gpu, "adamw_f32", shape, t.ms, { bytes: 28 * N }));
       } finally {
-        m.destroy();
-        v.destroy();
+        releaseBuffer(m);
+        releaseBuffer(v);
       }
       const grads = [{ buffer: grad, n: N }];
       const partials = createBuffer(gpu, gradStatsWorkspaceBytes(grads), "workspace");
@@ -66,12 +66,12 @@ export default async function bench(ctx: BenchContext): Promise<BenchRow[]> {
         const t = await timeGpu(gpu, (enc) => gradStats(enc, { grads, partials, stats }), opts);
         rows.push(gpuRow(gpu, "grad_norm", shape, t.ms, { bytes: 4 * N }));
       } finally {
-        partials.destroy();
-        stats.destroy();
+        releaseBuffer(partials);
+        releaseBuffer(stats);
       }
     } finally {
-      param.destroy();
-      grad.destroy();
+      releaseBuffer(param);
+      releaseBuffer(grad);
     }
   }
   return rows;

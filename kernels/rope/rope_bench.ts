@@ -2,7 +2,7 @@
 // T = 256, H = 8, KVH = 2): q and k rotated in place, forward and backward (two launches per
 // row). Memory-bound: GB/s of the bytes that must move, compared with `copy_bandwidth`.
 
-import { upload } from "../../engine/buffers.ts";
+import { releaseBuffer, upload } from "../../engine/buffers.ts";
 import type { Gpu } from "../../engine/gpu.ts";
 import { timeGpu } from "../../engine/timing.ts";
 import { type BenchContext, type BenchRow, gpuRow } from "../../bench/harness.ts";
@@ -43,7 +43,7 @@ export default async function bench(ctx: BenchContext): Promise<BenchRow[]> {
         rows.push(gpuRow(gpu, name, shape, t.ms, { bytes, ref }));
       }
     } finally {
-      for (const b of [q, k, positions, invFreq]) b.destroy();
+      for (const b of [q, k, positions, invFreq]) releaseBuffer(b);
     }
   }
   return rows;

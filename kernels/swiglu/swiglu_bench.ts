@@ -1,7 +1,7 @@
 // SwiGLU rows at the Llama-3.1-8B MLP shape T = 4096, I = 14336 (quick: T = 256, I = 1024).
 // Memory-bound: GB/s of the bytes that must move, compared with `copy_bandwidth`.
 
-import { createBuffer, upload } from "../../engine/buffers.ts";
+import { createBuffer, releaseBuffer, upload } from "../../engine/buffers.ts";
 import type { Gpu } from "../../engine/gpu.ts";
 import { timeGpu } from "../../engine/timing.ts";
 import { type BenchContext, type BenchRow, gpuRow } from "../../bench/harness.ts";
@@ -38,7 +38,7 @@ export default async function bench(ctx: BenchContext): Promise<BenchRow[]> {
       const bwd = await timeGpu(gpu, (enc) => swigluBackward(enc, { dh, g, u, dg, du, n }));
       rows.push(gpuRow(gpu, "swiglu_bwd", shape, bwd.ms, { bytes: 5 * n * 2, ref }));
     } finally {
-      for (const b of [g, u, dh, h, dg, du]) b.destroy();
+      for (const b of [g, u, dh, h, dg, du]) releaseBuffer(b);
     }
   }
   return rows;
