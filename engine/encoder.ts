@@ -5,6 +5,7 @@
 // Parameters of all dispatches of an encoder share uniform chunks written once at submit.
 
 import type { Gpu } from "./gpu.ts";
+import { dispatchLabel } from "./profile.ts";
 
 const UNIFORM_CHUNK_BYTES = 64 * 1024;
 const UNIFORM_USAGE = 0x40 | 0x08; // UNIFORM | COPY_DST
@@ -34,6 +35,7 @@ export class Encoder {
   constructor(readonly gpu: Gpu, readonly options: { timed?: boolean; label?: string } = {}) {
     this.#commands = gpu.device.createCommandEncoder({ label: options.label });
     if (options.timed) {
+      if (gpu.profile) throw new Error("A timed encoder cannot run while the GPU is being profiled");
       if (!gpu.caps.timestamps) throw new Error(`${gpu.name} has no timestamp-query`);
       this.#querySet = gpu.device.createQuerySet({ type: "timestamp", count: 2 });
     }
@@ -98,10 +100,19 @@ export class Encoder {
       entries.push({ binding: i + 1, resource: "buffer" in b ? b : { buffer: b } });
     });
     const bindGroup = this.gpu.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+    const profile = this.gpu.profile;
+    if (profile) {
+      this.#pass?.end();
+      this.#pass = this.#commands.beginComputePass(profile.nextPass(dispatchLabel(pipeline, x, y, z)));
+    }
     const pass = this.#computePass();
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, bindGroup);
     pass.dispatchWorkgroups(x, y, z);
+    if (profile) {
+      pass.end();
+      this.#pass = undefined;
+    }
     this.#dispatches++;
   }
 

@@ -4,6 +4,7 @@
 
 import { MemoryLedger } from "./memory.ts";
 import { PipelineCache } from "./pipeline.ts";
+import type { DispatchProfile } from "./profile.ts";
 
 export type Backend = "dawn" | "deno";
 export const BACKENDS: readonly Backend[] = ["dawn", "deno"];
@@ -155,6 +156,8 @@ function adapterDescription(info: GPUAdapterInfo): string {
 export class Gpu {
   readonly memory = new MemoryLedger();
   readonly pipelines: PipelineCache;
+  /** While set (engine/profile.ts profileGpu), every encoder of this Gpu times each dispatch into it. */
+  profile: DispatchProfile | undefined = undefined;
   #firstError: string | undefined;
   #destroyed = false;
 

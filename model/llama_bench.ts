@@ -3,6 +3,7 @@
 // rows qlora_step_8b (ms) and qlora_step_8b_peak_gb (the measured peak GiB in `ms`, rates null).
 // Quick: a tiny config at T = 128.
 
+import { formatGaps, formatProfile, profileGpu } from "../engine/profile.ts";
 import { type BenchContext, type BenchRow, gpuRow } from "../bench/harness.ts";
 import { LLAMA31_8B } from "./config.ts";
 import { randomLlama } from "./llama.ts";
@@ -47,6 +48,13 @@ export default async function bench(ctx: BenchContext): Promise<BenchRow[]> {
         times.push(performance.now() - t0);
       }
       times.sort((a, b) => a - b);
+      if (gpu.caps.timestamps) {
+        const { profile } = await profileGpu(gpu, () => model.forwardBackward(ids, ids, 1 / T, 9));
+        console.error(`qlora_step_8b on ${gpu.name}, one forward + backward profiled, by shader:`);
+        console.error(formatProfile(profile, 30, true));
+        console.error(`by shader and grid:\n${formatProfile(profile, 30)}`);
+        console.error(`longest idle gaps:\n${formatGaps(profile, 25)}`);
+      }
       const peak = gpu.memory.report().peakBytes - base;
       const shape = `L=${config.numLayers} C=${config.hiddenSize} T=${T} R=${r} nf4 all7 peak=${
         (peak / 2 ** 30).toFixed(2)
