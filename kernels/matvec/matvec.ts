@@ -12,7 +12,8 @@
 //
 // f16 weights: one lane group of 32 threads per output row (8 rows per workgroup of 256): lane l
 // reads the 16-byte weight words l, l + 32, ... of its row, so a group reads 512 contiguous bytes per
-// step; x comes from global memory (it is small and cached).
+// step; x comes from global memory (it is small and cached). Products of few rows (LoRA's A·x, R
+// rows) take up to 256 lanes per row (f16Lanes), so that they still fill the GPU.
 // NF4 weights: a team of nf4Team(in) threads per 4 consecutive rows; each thread keeps its 64-element
 // slices of x in registers (as f32) across the 4 rows, issues the 8 code-word loads of the 4 rows
 // before the arithmetic, and decodes codes through a 16-entry table in workgroup memory (see
@@ -41,8 +42,6 @@ const SHADERS: Record<MatvecWeight["kind"], Partial<Record<MatvecVariant, Shader
   },
 };
 
-/** Output rows per workgroup of the f16 kernels (lane groups of 32 in a workgroup of 256). */
-export const MATVEC_ROWS_PER_WORKGROUP = 8;
 /** Rows per team of the NF4 kernels. */
 const NF4_ROWS_PER_TEAM = 4;
 
@@ -53,9 +52,21 @@ export function nf4Team(inDim: number): number {
   return Math.min(256, Math.max(32, 2 ** Math.ceil(Math.log2(Math.max(1, pairs)))));
 }
 
+/** Below this many output rows an f16 product spreads each row over more than 32 lanes. */
+const F16_FEW_ROWS = 2048;
+
+/** Lanes per row of the f16 kernels: 32 (8 rows per workgroup of 256), or for fewer than
+ * F16_FEW_ROWS rows (a LoRA down-projection A·x of R rows) up to 256, so that the few rows still
+ * spread over many workgroups, each lane keeping at least two 16-byte words. */
+export function f16Lanes(out: number, inDim: number): number {
+  if (out >= F16_FEW_ROWS) return 32;
+  const words = inDim / 8;
+  return Math.min(256, Math.max(32, 2 ** Math.floor(Math.log2(Math.max(1, words / 2)))));
+}
+
 /** Output rows per workgroup of 256 invocations. */
-export function matvecRowsPerWorkgroup(kind: MatvecWeight["kind"], inDim: number): number {
-  return kind === "nf4" ? (256 / nf4Team(inDim)) * NF4_ROWS_PER_TEAM : MATVEC_ROWS_PER_WORKGROUP;
+export function matvecRowsPerWorkgroup(kind: MatvecWeight["kind"], out: number, inDim: number): number {
+  return kind === "nf4" ? (256 / nf4Team(inDim)) * NF4_ROWS_PER_TEAM : 256 / f16Lanes(out, inDim);
 }
 
 export type MatvecVariant = "workgroup" | "subgroup";
@@ -75,8 +86,10 @@ export interface MatvecArgs extends MatvecShape {
   w: MatvecWeight;
   /** f16 [in]. */
   x: Binding;
-  /** [out] in `yType`; read only when beta != 0. */
+  /** [out] in `yType` from element yOffset on; read only when beta != 0. */
   y: Binding;
+  /** Elements of y before the output (e.g. a KV-cache row); 0 when absent. */
+  yOffset?: number;
   yType: "f16" | "f32";
   alpha?: number;
   beta?: number;
@@ -153,7 +166,11 @@ export async function matvec(enc: Encoder, args: MatvecArgs): Promise<void> {
     if (have < bytes) throw new RangeError(`${where}: ${name} has ${have} bytes, needs ${bytes}`);
   };
   need("x", args.x, inDim * 2);
-  need("y", args.y, out * (args.yType === "f32" ? 4 : 2));
+  const yOffset = args.yOffset ?? 0;
+  if (!Number.isInteger(yOffset) || yOffset < 0) {
+    throw new RangeError(`${where}: yOffset = ${yOffset} must be a whole number >= 0`);
+  }
+  need("y", args.y, (yOffset + out) * (args.yType === "f32" ? 4 : 2));
   if (w.kind === "f16") need("w", w.w, out * inDim * 2);
   else {
     const blocks = Math.ceil((out * inDim) / 64);
@@ -169,12 +186,13 @@ export async function matvec(enc: Encoder, args: MatvecArgs): Promise<void> {
   const pipeline = await enc.gpu.pipelines.get({
     shader: SHADERS[w.kind][variant]!,
     substitutions: { OUT: args.yType },
-    constants: w.kind === "nf4" ? { TEAM: nf4Team(inDim) } : undefined,
+    constants: w.kind === "nf4" ? { TEAM: nf4Team(inDim) } : { LANES: f16Lanes(out, inDim) },
   });
-  const g = grid(enc.gpu, Math.ceil(out / matvecRowsPerWorkgroup(w.kind, inDim)));
+  const g = grid(enc.gpu, Math.ceil(out / matvecRowsPerWorkgroup(w.kind, out, inDim)));
   const params = new ArrayBuffer(32);
   new Uint32Array(params, 0, 4).set([out, inDim, K2, g[0]]);
   new Float32Array(params, 16, 3).set([args.alpha ?? 1, args.second?.alpha ?? 0, args.beta ?? 0]);
+  new Uint32Array(params, 28, 1)[0] = yOffset;
   // Without a second product its two bindings take x (read-only, never read).
   const w2 = args.second?.w ?? args.x;
   const x2 = args.second?.x ?? args.x;

@@ -1,12 +1,12 @@
 // Matrix-vector product with an f16 weight, subgroup variant:
-//   y[o] = alpha * sum_i W[o, i] x[i] + alpha2 * sum_k W2[o, k] x2[k] + beta * y[o]   (o < OUT)
+//   y[p.y_off + o] = alpha * sum_i W[o, i] x[i] + alpha2 * sum_k W2[o, k] x2[k] + beta * y[p.y_off + o]   (o < OUT)
 // W f16 [OUT, IN] row-major with IN % 8 == 0, read 16 bytes (8 values) at a time; x f16 [IN];
 // W2 f16 [OUT, K2] row-major (K2 = 0: no second product), x2 f16 [K2].
-// A lane group of 32 threads computes one row: lane l reads the 16-byte words l, l + 32, ... of the
-// row (a group reads 512 contiguous bytes per step), f32 partial sums, reduced with subgroupAdd
+// A lane group of LANES (32..256) threads computes one row: lane l reads the 16-byte words l,
+// l + LANES, ... of the row (a group reads LANES * 16 contiguous bytes per step), f32 partial sums, reduced with subgroupAdd
 // (subgroups of 4..32 invocations, consecutive in local_invocation_index, so a lane group is
 // 32 / subgroup_size whole subgroups) and the subgroups' sums added through workgroup memory.
-// Eight rows per workgroup of 256. beta 0 never reads y.
+// 256 / LANES rows per workgroup of 256. beta 0 never reads y.
 enable f16;
 enable subgroups;
 
@@ -18,7 +18,7 @@ struct Params {
   alpha: f32,
   alpha2: f32,
   beta: f32,
-  pad: u32,
+  y_off: u32, // elements of y before row 0
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -28,9 +28,10 @@ struct Params {
 @group(0) @binding(4) var<storage, read> x2: array<f16>;
 @group(0) @binding(5) var<storage, read_write> y: array<{{OUT}}>;
 
-const LANES = 32u;
+// Lanes per row: a power of two, 32..256 (the launcher picks it).
+override LANES: u32 = 32u;
 const WG = 256u;
-const ROWS = WG / LANES;
+override ROWS: u32 = WG / LANES;
 
 var<workgroup> red: array<f32, WG>;
 
@@ -85,7 +86,7 @@ fn main(
   if (lane == 0u && o < p.OUT) {
     var r = 0.0;
     for (var k = 0u; k < LANES / sg; k++) { r += red[li / sg + k]; }
-    if (p.beta != 0.0) { r += p.beta * f32(y[o]); }
-    y[o] = {{OUT}}(r);
+    if (p.beta != 0.0) { r += p.beta * f32(y[p.y_off + o]); }
+    y[p.y_off + o] = {{OUT}}(r);
   }
 }

@@ -1,5 +1,5 @@
 // Matrix-vector product with an NF4 weight (kernels/nf4 layout), portable (no subgroups):
-//   y[o] = alpha * sum_i W[o, i] x[i] + alpha2 * sum_k W2[o, k] x2[k] + beta * y[o]   (o < OUT)
+//   y[p.y_off + o] = alpha * sum_i W[o, i] x[i] + alpha2 * sum_k W2[o, k] x2[k] + beta * y[p.y_off + o]   (o < OUT)
 // W NF4 [OUT, IN] with IN % 32 == 0: row o is the 16-byte code words o*NW .. o*NW + NW - 1
 // (NW = IN / 32, 32 codes each, element 2k in the HIGH nibble of byte k), and a word lies inside
 // one 64-block: absmax[b] = dynmap[absmax code b] * nested[1 + b / 256] + nested[0];
@@ -28,7 +28,7 @@ struct Params {
   alpha: f32,
   alpha2: f32,
   beta: f32,
-  pad: u32,
+  y_off: u32, // elements of y before row 0
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -182,7 +182,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let s0 = (li / RPT) * TEAM;
     var v = 0.0;
     for (var k = 0u; k < TEAM; k += 32u) { v += red[s0 + k][li % RPT]; }
-    if (p.beta != 0.0) { v += p.beta * f32(y[o]); }
-    y[o] = {{OUT}}(v);
+    if (p.beta != 0.0) { v += p.beta * f32(y[p.y_off + o]); }
+    y[p.y_off + o] = {{OUT}}(v);
   }
 }

@@ -35,17 +35,24 @@ interface Case {
   xScale: number;
   /** Byte offset of an f16 weight inside its buffer. */
   wOffset?: number;
+  /** Elements of y before the output. */
+  yOffset?: number;
 }
 
 const CASES: Case[] = [
   { kind: "nf4", out: 77, in: 96, yType: "f16", alpha: 1, beta: 0, K2: 0, xScale: 1 },
   { kind: "nf4", out: 300, in: 1056, yType: "f32", alpha: 0.7, beta: 1, K2: 5, xScale: 200 },
   // Teams of 64 (4 per workgroup, 16 rows), one block per word pair, a LoRA-sized second product.
-  { kind: "nf4", out: 37, in: 4096, yType: "f16", alpha: 1, beta: 1, K2: 64, xScale: 1 },
+  { kind: "nf4", out: 37, in: 4096, yType: "f16", alpha: 1, beta: 1, K2: 64, xScale: 1, yOffset: 37 * 3 },
   // Teams of 256 with two passes over the row (257 word pairs).
   { kind: "nf4", out: 9, in: 16448, yType: "f32", alpha: 1, beta: 0, K2: 3, xScale: 2 },
   { kind: "f16", out: 45, in: 200, yType: "f16", alpha: 1, beta: 1, K2: 64, xScale: 1 },
   { kind: "f16", out: 1030, in: 8, yType: "f32", alpha: 0.5, beta: 0, K2: 0, xScale: 3, wOffset: 512 },
+  // Few rows, spread over more lanes: 256 per row (LoRA's A·x, R = 64, in 4096), 128 per row with a
+  // ragged last step, and 2048 rows at the lane switch back to 32.
+  { kind: "f16", out: 64, in: 4096, yType: "f16", alpha: 1, beta: 0, K2: 0, xScale: 1 },
+  { kind: "f16", out: 7, in: 2064, yType: "f32", alpha: 1, beta: 1, K2: 9, xScale: 1, yOffset: 5 },
+  { kind: "f16", out: 2048, in: 64, yType: "f16", alpha: 1, beta: 0, K2: 0, xScale: 1 },
 ];
 
 function uniform(rng: Rng, n: number, scale: number): Float64Array {
@@ -79,15 +86,16 @@ async function runCase(gpu: Gpu, c: Case, variant: MatvecVariant, seed: number):
     const w2 = roundToF16(uniform(rng, c.out * c.K2, 0.5));
     const x2 = roundToF16(uniform(rng, c.K2, 2));
     const y0 = c.yType === "f16" ? roundToF16(uniform(rng, c.out, 4)) : uniform(rng, c.out, 4);
-    const y = keep(createBuffer(gpu, c.out * (c.yType === "f32" ? 4 : 2), "workspace", "y"));
+    // y sits at element yOffset of a buffer with 4 more elements after it; all else stays poisoned.
+    const yOff = c.yOffset ?? 0;
+    const bytes = c.yType === "f32" ? 4 : 2;
+    const y = keep(createBuffer(gpu, (yOff + c.out + 4) * bytes, "workspace", "y"));
+    poison(gpu, y, c.yType);
     if (c.beta !== 0) {
-      writeBuffer(
-        gpu,
-        y,
-        c.yType === "f32" ? Float32Array.from(y0) : new Uint16Array(Float16Array.from(y0).buffer),
-      );
-    } else {
-      poison(gpu, y, c.yType);
+      const host = c.yType === "f32" ? new Float32Array(y.size / 4) : new Float16Array(y.size / 2);
+      host.fill(NaN);
+      host.set(y0, yOff);
+      writeBuffer(gpu, y, new Uint8Array(host.buffer));
     }
     const xb = keep(uploadF16(gpu, x));
     const second = c.K2 > 0
@@ -101,6 +109,7 @@ async function runCase(gpu: Gpu, c: Case, variant: MatvecVariant, seed: number):
       K2: c.K2 || undefined,
       x: xb,
       y,
+      yOffset: yOff || undefined,
       yType: c.yType,
       alpha: c.alpha,
       beta: c.beta,
@@ -108,7 +117,13 @@ async function runCase(gpu: Gpu, c: Case, variant: MatvecVariant, seed: number):
       variant,
     });
     await enc.submit();
-    const got = await readAs(gpu, y, c.yType, c.out);
+    const all = await readAs(gpu, y, c.yType, yOff + c.out + 4);
+    const got = Array.from(all).slice(yOff, yOff + c.out);
+    for (let i = 0; i < all.length; i++) {
+      if ((i < yOff || i >= yOff + c.out) && !Number.isNaN(all[i])) {
+        throw new Error(`${label}: element ${i} of y lies outside the output and was written`);
+      }
+    }
     const want = matvecRef({
       w: wRef,
       out: c.out,

@@ -67,6 +67,8 @@ export interface RopeArgs {
   x: Binding;
   /** f16 [T, heads, D]; absent: x is rotated in place. Must not be x. */
   out?: Binding;
+  /** Elements of `out` before the result (a multiple of 2): e.g. a KV-cache row. */
+  outOffset?: number;
   /** u32 [T]: position of each token (below 2^17 for an exact angle). */
   positions: Binding;
   /** f32 [D/2]: from ropeInvFreq. */
@@ -87,13 +89,27 @@ async function launch(enc: Encoder, args: RopeArgs, dir: number, what: string): 
   if (!Number.isInteger(D) || D <= 0 || D % 4 !== 0) {
     throw new RangeError(`${what}: head dim D = ${D} must be a positive multiple of 4`);
   }
+  const outOffset = args.outOffset ?? 0;
+  if (outOffset !== 0) {
+    if (!args.out) throw new RangeError(`${what}: outOffset needs an out buffer`);
+    if (!Number.isInteger(outOffset) || outOffset < 0 || outOffset % 2 !== 0) {
+      throw new RangeError(`${what}: outOffset = ${outOffset} must be an even whole number`);
+    }
+  }
+  if (args.out && args.out.size < (outOffset + T * heads * D) * 2) {
+    throw new RangeError(
+      `${what}: out has ${args.out.size} bytes; ${outOffset} + ${T}x${heads}x${D} f16 need ` +
+        `${(outOffset + T * heads * D) * 2}`,
+    );
+  }
   const pipeline = await enc.gpu.pipelines.get({
     shader: SHADER,
     entry: args.out ? "out_of_place" : "inplace",
   });
-  const params = new ArrayBuffer(16);
+  const params = new ArrayBuffer(32);
   new Uint32Array(params, 0, 3).set([T, heads, D]);
   new Float32Array(params, 12, 1)[0] = dir;
+  new Uint32Array(params, 16, 1)[0] = outOffset / 2;
   const buffers = [args.x, args.positions, args.invFreq];
   if (args.out) buffers.push(args.out);
   enc.dispatch(

@@ -18,6 +18,8 @@ struct Params {
   NH: u32,
   D: u32,
   dir: f32,
+  // out_of_place: y starts this many vec2 into its binding (decode writes k into a cache row).
+  out_off: u32,
 }
 
 const WG = 256u;
@@ -34,7 +36,7 @@ const INV_2PI = 0.15915493667125702;
 @group(0) @binding(2) var<storage, read> i_pos: array<u32>;
 @group(0) @binding(3) var<storage, read> i_freq: array<f32>;
 
-// out_of_place: x, positions, inv_freq, y [T, NH, D]
+// out_of_place: x, positions, inv_freq, y [T, NH, D] (at out_off)
 @group(0) @binding(1) var<storage, read> o_x: array<vec2<f16>>;
 @group(0) @binding(2) var<storage, read> o_pos: array<u32>;
 @group(0) @binding(3) var<storage, read> o_freq: array<f32>;
@@ -136,8 +138,8 @@ fn out_of_place(
     if (s.h0 + k < p.NH) {
       let lo = s.lo + k * (p.D / 2u);
       let y = rotate(o_x[lo], o_x[lo + quarter], c, sn);
-      o_y[lo] = y[0];
-      o_y[lo + quarter] = y[1];
+      o_y[p.out_off + lo] = y[0];
+      o_y[p.out_off + lo + quarter] = y[1];
     }
   }
 }

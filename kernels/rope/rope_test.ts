@@ -67,6 +67,10 @@ async function checkCase(gpu: Gpu, rng: Rng, cs: Case): Promise<void> {
   const freqBuf = upload(gpu, invFreq);
   const yBuf = createBuffer(gpu, n * 2, "workspace");
   poison(gpu, yBuf, "f16");
+  // A third output at an element offset inside a larger buffer (a KV-cache row), poisoned around it.
+  const off = 2 * (1 + rng.int(40));
+  const yOffBuf = createBuffer(gpu, (off + n + 8) * 2, "workspace");
+  poison(gpu, yOffBuf, "f16");
   const label = `T ${T} heads ${heads} D ${D}`;
   // cos and sin in f32 and one f16 rounding of the output.
   const tol = { rtol: 1e-3, atol: 5e-4 };
@@ -75,11 +79,22 @@ async function checkCase(gpu: Gpu, rng: Rng, cs: Case): Promise<void> {
     const common = { positions: posBuf, invFreq: freqBuf, T, heads, D };
     await ropeForward(enc, { ...common, x: xBuf, out: yBuf });
     await ropeForward(enc, { ...common, x: xInPlace });
+    await ropeForward(enc, { ...common, x: xBuf, out: yOffBuf, outOffset: off });
     await enc.submit();
     const want = ropeRef(x, cs.positions, invFreq, T, heads, D);
     const y = await readF16(gpu, yBuf, n);
     assertClose(y, want, { ...tol, label: `forward ${label}` });
     assertClose(await readF16(gpu, xInPlace, n), want, { ...tol, label: `forward in place ${label}` });
+    const withOffset = await readF16(gpu, yOffBuf, off + n + 8);
+    assertClose(withOffset.subarray(off, off + n), want, {
+      ...tol,
+      label: `forward at offset ${off} ${label}`,
+    });
+    for (const i of [...Array(off).keys(), ...[0, 1, 2, 3, 4, 5, 6, 7].map((k) => off + n + k)]) {
+      if (!Number.isNaN(withOffset[i])) {
+        throw new Error(`${label}: offset ${off}: element ${i} outside was written`);
+      }
+    }
     // Backward in place on the forward's output: the negative rotation, which brings x back.
     const enc2 = new Encoder(gpu);
     await ropeBackward(enc2, { ...common, x: yBuf });
@@ -91,7 +106,7 @@ async function checkCase(gpu: Gpu, rng: Rng, cs: Case): Promise<void> {
     });
     assertClose(back, x, { rtol: 2e-3, atol: 2e-3, label: `backward(forward(x)) = x ${label}` });
   } finally {
-    for (const b of [xBuf, xInPlace, posBuf, freqBuf, yBuf]) b.destroy();
+    for (const b of [xBuf, xInPlace, posBuf, freqBuf, yBuf, yOffBuf]) b.destroy();
   }
 }
 
