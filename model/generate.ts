@@ -10,11 +10,12 @@
 //   q, k = rope at positions 0..T-1; k, v copied into cache rows 0..T-1; o = flash_attention(q, k, v)
 //   (causal); x += o_proj(o); x += down(swiglu(gate(rmsnorm(x)), up(rmsnorm(x))))
 //   then the last row only: logits f32 [V] = rmsnorm(x[T-1]) lm_head^T, read back once.
-// Decode step (one token at position n), preallocated buffers, one encoder per device:
+// Decode step (one token at position n), preallocated buffers, submitted every few layers so that
+// the GPU runs while the CPU encodes the rest:
 //   the linear layers as matrix-vector products (kernels/matvec: the weight read once, 16 bytes per
 //   load), LoRA as u = A16 h (a small matvec) and y = W h + s·B16 u in one pass, the o_proj and down
 //   products added straight into the residual stream (beta 1); rmsnorm, rope, swiglu at T = 1, rope
-//   at position n, k and v copied into cache row n, decode attention
+//   at position n; v written by its matvec straight into cache row n and k by its rope, decode attention
 //   (kernels/attention/decode_attention.ts) of the one query over rows 0..n, lm_head as an f16
 //   matvec into f32 logits, copied into a persistent mappable buffer in the same submit and read
 //   from there (no staging buffer and no second submit per token). Shapes the matvec kernels do not
@@ -28,6 +29,7 @@
 import { createBuffer, readBytes, releaseBuffer, upload, writeBuffer } from "../engine/buffers.ts";
 import { type Binding, Encoder } from "../engine/encoder.ts";
 import type { Gpu } from "../engine/gpu.ts";
+import { dispatchLabel } from "../engine/profile.ts";
 import { add, attention, type Linear, linear, rmsnorm, rope, swiglu } from "../engine/ops.ts";
 import { Rng } from "../engine/rng.ts";
 import { Tape } from "../engine/tape.ts";
@@ -100,6 +102,10 @@ function sameBindings(a: Binding[], b: Binding[]): boolean {
   return true;
 }
 
+/** A decode step submits its dispatches in pieces of about this many (whole layers), so that the
+ * GPU runs the first layers while the CPU encodes the later ones. */
+const SUBMIT_AFTER_DISPATCHES = 48;
+
 /** Parameter slots per uniform buffer of the decode step (64 KiB each). */
 const SLOTS_PER_CHUNK = 256;
 
@@ -136,13 +142,21 @@ class StepBindings {
     return { buffer: this.chunks[chunk], offset: (i % SLOTS_PER_CHUNK) * PARAM_SLOT_BYTES };
   }
 
-  /** Writes slots 0..count-1 to their buffers. */
-  write(count: number): void {
+  /** Writes slots first..end-1 to their buffers. */
+  write(first: number, end: number): void {
     const queue = this.gpu.device.queue;
-    const chunkBytes = SLOTS_PER_CHUNK * PARAM_SLOT_BYTES;
-    for (let c = 0; c * SLOTS_PER_CHUNK < count; c++) {
-      const slots = Math.min(SLOTS_PER_CHUNK, count - c * SLOTS_PER_CHUNK);
-      queue.writeBuffer(this.chunks[c], 0, this.data, c * chunkBytes, slots * PARAM_SLOT_BYTES);
+    for (let i = first; i < end;) {
+      const c = Math.floor(i / SLOTS_PER_CHUNK);
+      const stop = Math.min(end, (c + 1) * SLOTS_PER_CHUNK);
+      const offset = (i - c * SLOTS_PER_CHUNK) * PARAM_SLOT_BYTES;
+      queue.writeBuffer(
+        this.chunks[c],
+        offset,
+        this.data,
+        i * PARAM_SLOT_BYTES,
+        (stop - i) * PARAM_SLOT_BYTES,
+      );
+      i = stop;
     }
   }
 
@@ -163,16 +177,26 @@ class DecodeEncoder extends Encoder {
   readonly #cache: StepBindings;
   readonly #commands: GPUCommandEncoder;
   #pass: GPUComputePassEncoder | undefined;
-  #count = 0;
+  readonly #first: number;
+  #count: number;
   #done = false;
 
-  constructor(cache: StepBindings, label: string) {
+  /** Dispatches take the slots first, first + 1, ... (a step split over several submits continues
+   * the numbering of the previous encoder). */
+  constructor(cache: StepBindings, label: string, first: number) {
     super(cache.gpu, { label });
     this.#cache = cache;
     this.#commands = cache.gpu.device.createCommandEncoder({ label });
+    this.#first = first;
+    this.#count = first;
   }
 
   override get dispatches(): number {
+    return this.#count - this.#first;
+  }
+
+  /** The slot of the next dispatch. */
+  get nextSlot(): number {
     return this.#count;
   }
 
@@ -211,10 +235,19 @@ class DecodeEncoder extends Encoder {
       hit = { pipeline, buffers: buffers.slice(), bindGroup };
       cache.dispatches[i] = hit;
     }
+    const profile = this.gpu.profile;
+    if (profile) {
+      this.#pass?.end();
+      this.#pass = this.#commands.beginComputePass(profile.nextPass(dispatchLabel(pipeline, x, y, z)));
+    }
     this.#pass ??= this.#commands.beginComputePass();
     this.#pass.setPipeline(pipeline);
     this.#pass.setBindGroup(0, hit.bindGroup);
     this.#pass.dispatchWorkgroups(x, y, z);
+    if (profile) {
+      this.#pass.end();
+      this.#pass = undefined;
+    }
   }
 
   override copy(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number): void {
@@ -228,7 +261,7 @@ class DecodeEncoder extends Encoder {
     if (this.#done) throw new Error("DecodeEncoder already submitted");
     this.#done = true;
     this.#pass?.end();
-    this.#cache.write(this.#count);
+    this.#cache.write(this.#first, this.#count);
     this.gpu.device.queue.submit([this.#commands.finish()]);
     return Promise.resolve(undefined);
   }
@@ -246,7 +279,6 @@ interface DeviceState {
   q: GPUBuffer; // f16 [H*D]
   qr: GPUBuffer; // f16 [H*D]
   k: GPUBuffer; // f16 [KVH*D]
-  kr: GPUBuffer; // f16 [KVH*D]
   v: GPUBuffer; // f16 [KVH*D]
   o: GPUBuffer; // f16 [H*D]
   c: GPUBuffer; // f16 [C]: o_proj and down outputs
@@ -361,7 +393,6 @@ export class KvCacheModel {
           q: f16(H * D, "decode.q"),
           qr: f16(H * D, "decode.q_rope"),
           k: f16(KVH * D, "decode.k"),
-          kr: f16(KVH * D, "decode.k_rope"),
           v: f16(KVH * D, "decode.v"),
           o: f16(H * D, "decode.attn"),
           c: f16(C, "decode.c"),
@@ -577,7 +608,7 @@ export class KvCacheModel {
         const prev = this.#devices[d - 1];
         writeBuffer(gpu, dev.x, new Uint8Array(await readBytes(prev.gpu, prev.x, C * 2)));
       }
-      const enc = new DecodeEncoder(dev.bindings, `decode step ${n}`);
+      let enc = new DecodeEncoder(dev.bindings, `decode step ${n}`, 0);
       if (d === 0) {
         await embeddingForward(enc, {
           table: this.#weights.embed,
@@ -594,7 +625,13 @@ export class KvCacheModel {
         await rmsnormForward(enc, { x: dev.x, w: layer.attnNorm, y: dev.h, rstd: dev.rstd, T: 1, C, eps });
         await linear1(enc, p.q_proj, f.q_proj, dev.h, dev.q, dev.u);
         await linear1(enc, p.k_proj, f.k_proj, dev.h, dev.k, dev.u);
-        await linear1(enc, p.v_proj, f.v_proj, dev.h, dev.v, dev.u);
+        // v goes straight into cache row n where the matvec kernel runs it; k into it through RoPE.
+        const rowElems = KVH * D;
+        if (f.v_proj) await linear1(enc, p.v_proj, f.v_proj, dev.h, layer.v, dev.u, undefined, n * rowElems);
+        else {
+          await linear1(enc, p.v_proj, f.v_proj, dev.h, dev.v, dev.u);
+          enc.copy(dev.v, 0, layer.v, n * row, row);
+        }
         await ropeForward(enc, {
           x: dev.q,
           out: dev.qr,
@@ -606,15 +643,14 @@ export class KvCacheModel {
         });
         await ropeForward(enc, {
           x: dev.k,
-          out: dev.kr,
+          out: layer.k,
+          outOffset: n * rowElems,
           positions: dev.pos,
           invFreq: layer.invFreq,
           T: 1,
           heads: KVH,
           D,
         });
-        enc.copy(dev.kr, 0, layer.k, n * row, row);
-        enc.copy(dev.v, 0, layer.v, n * row, row);
         await decodeAttention(enc, {
           q: dev.qr,
           k: layer.k,
@@ -632,6 +668,15 @@ export class KvCacheModel {
         await linear1(enc, p.up_proj, f.up_proj, dev.h, dev.up, dev.u);
         await swigluForward(enc, { g: dev.g, u: dev.up, h: dev.sw, n: I });
         await linear1(enc, p.down_proj, f.down_proj, dev.sw, dev.c, dev.u, dev.x);
+        if (enc.dispatches >= SUBMIT_AFTER_DISPATCHES) {
+          // The GPU starts on these layers while the CPU encodes the next ones.
+          const t1 = performance.now();
+          times.encodeMs += t1 - t0;
+          await enc.submit();
+          t0 = performance.now();
+          times.submitMs += t0 - t1;
+          enc = new DecodeEncoder(dev.bindings, `decode step ${n}`, enc.nextSlot);
+        }
       }
       if (d === this.#devices.length - 1) {
         await this.#head(enc, dev);
@@ -717,9 +762,10 @@ function matvecFits(gpu: Gpu, lin: Linear): boolean {
   return !lin.lora || matvecUnsupported(caps, "f16", { out: R, in: lin.in }) === undefined;
 }
 
-/** One linear layer at T = 1 on preallocated buffers: y = x W^T (+ s·(x A^T) B^T). With `addInto`
- * (the residual stream) the result is added into that buffer instead (`y` is then scratch). `fast`:
- * through the matvec kernels (matvecFits), else the general kernels at T = 1. */
+/** One linear layer at T = 1 on preallocated buffers: y = x W^T (+ s·(x A^T) B^T), written from
+ * element yOffset of y on (matvec kernels only). With `addInto` (the residual stream) the result is
+ * added into that buffer instead (`y` is then scratch). `fast`: through the matvec kernels
+ * (matvecFits), else the general kernels at T = 1. */
 async function linear1(
   enc: Encoder,
   lin: Linear,
@@ -728,7 +774,9 @@ async function linear1(
   y: GPUBuffer,
   u: GPUBuffer,
   addInto?: GPUBuffer,
+  yOffset = 0,
 ): Promise<void> {
+  if (yOffset !== 0 && !fast) throw new Error("linear1: an output offset needs the matvec kernels");
   if (fast) {
     const lora = lin.lora;
     if (lora) {
@@ -740,6 +788,7 @@ async function linear1(
       in: lin.in,
       x,
       y: addInto ?? y,
+      yOffset,
       yType: "f16",
       beta: addInto ? 1 : 0,
       K2: lora?.R,

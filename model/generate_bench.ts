@@ -12,6 +12,7 @@
 
 import { createBuffer, releaseBuffer } from "../engine/buffers.ts";
 import type { Gpu } from "../engine/gpu.ts";
+import { formatProfile, profileGpu } from "../engine/profile.ts";
 import { type BenchContext, type BenchRow, gpuRow } from "../bench/harness.ts";
 import { LLAMA31_8B } from "./config.ts";
 import { KvCacheModel } from "./generate.ts";
@@ -78,6 +79,36 @@ async function copyGbps(gpu: Gpu, quick: boolean): Promise<number> {
   }
 }
 
+/** Median wall milliseconds of an empty submit answered by onSubmittedWorkDone, and of mapping a
+ * 4-byte buffer after a one-copy submit: the least a step that reads its logits can wait. */
+async function roundTrips(gpu: Gpu): Promise<string> {
+  const src = createBuffer(gpu, 16, "workspace", "roundtrip src");
+  const dst = createBuffer(gpu, 16, "workspace", "roundtrip dst", 0x01 | 0x08);
+  const median = (v: number[]) => v.sort((a, b) => a - b)[Math.floor(v.length / 2)];
+  try {
+    const done: number[] = [], mapped: number[] = [];
+    for (let i = 0; i < 21; i++) {
+      let t0 = performance.now();
+      gpu.device.queue.submit([]);
+      await gpu.device.queue.onSubmittedWorkDone();
+      done.push(performance.now() - t0);
+      t0 = performance.now();
+      const enc = gpu.device.createCommandEncoder();
+      enc.copyBufferToBuffer(src, 0, dst, 0, 16);
+      gpu.device.queue.submit([enc.finish()]);
+      await dst.mapAsync(1, 0, 4);
+      dst.unmap();
+      mapped.push(performance.now() - t0);
+    }
+    return `round trips: empty submit ${median(done).toFixed(3)} ms, copy + map ${
+      median(mapped).toFixed(3)
+    } ms`;
+  } finally {
+    releaseBuffer(src);
+    releaseBuffer(dst);
+  }
+}
+
 export default async function bench(ctx: BenchContext): Promise<BenchRow[]> {
   const config = ctx.quick ? TINY : LLAMA31_8B;
   const r = ctx.quick ? 8 : 64;
@@ -96,7 +127,7 @@ export default async function bench(ctx: BenchContext): Promise<BenchRow[]> {
       let logits = await kv.prefill(prompt);
       for (let i = 0; i < 2; i++) logits = await kv.step(argmax(logits));
       const samples: number[] = [];
-      let phases = "";
+      const reps: string[] = [];
       for (let rep = 0; rep < (ctx.quick ? 1 : 3); rep++) {
         logits = await kv.prefill(prompt);
         kv.resetDecodeTimes();
@@ -106,12 +137,20 @@ export default async function bench(ctx: BenchContext): Promise<BenchRow[]> {
         samples.push(ms);
         const t = kv.decodeTimes;
         const per = (v: number) => (v / t.steps).toFixed(2);
-        phases = `encode ${per(t.encodeMs)} ms, submit ${per(t.submitMs)} ms, ` +
+        const phases = `${ms.toFixed(2)} ms: encode ${per(t.encodeMs)} ms, submit ${per(t.submitMs)} ms, ` +
           `GPU wait + logits readback ${per(t.waitReadMs)} ms, rest (argmax, JS) ` +
           `${(ms - (t.encodeMs + t.submitMs + t.waitReadMs) / t.steps).toFixed(2)} ms`;
+        reps.push(phases);
       }
       samples.sort((a, b) => a - b);
       const ms = samples[Math.floor(samples.length / 2)];
+      if (gpu.caps.timestamps) {
+        const next = argmax(logits);
+        const { result, profile } = await profileGpu(gpu, () => kv.step(next));
+        logits = result;
+        console.error(`decode_8b_nf4 on ${gpu.name}, one step profiled:\n${formatProfile(profile, 16)}`);
+      }
+      console.error(`decode_8b_nf4 on ${gpu.name}: ${await roundTrips(gpu)}`);
       const meanLength = promptLen + (steps + 1) / 2;
       const bytes = decodeWeightBytes(config, r) + decodeCacheBytes(config, meanLength);
       const gbps = bytes / (ms * 1e-3) / 1e9;
@@ -119,7 +158,9 @@ export default async function bench(ctx: BenchContext): Promise<BenchRow[]> {
         `decode_8b_nf4 on ${gpu.name}: ${(1000 / ms).toFixed(1)} tokens/s (${ms.toFixed(2)} ms/token), ` +
           `${(bytes / 2 ** 20).toFixed(1)} MiB read per token, ${gbps.toFixed(0)} GB/s = ` +
           `${(100 * gbps / copy).toFixed(0)}% of the measured copy bandwidth ${copy.toFixed(0)} GB/s ` +
-          `(limit ${(copy * 1e9 / bytes).toFixed(1)} tokens/s); per token: ${phases}`,
+          `(limit ${(copy * 1e9 / bytes).toFixed(1)} tokens/s); per token, each repetition:\n  ${
+            reps.join("\n  ")
+          }`,
       );
       const shape =
         `L=${config.numLayers} C=${config.hiddenSize} V=${config.vocabSize} nf4 lora r=${r} all7 ` +

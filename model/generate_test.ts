@@ -8,6 +8,7 @@ import { LlamaTokenizer } from "../data/tokenizer.ts";
 import { Llama, moduleShape, type WeightSource } from "./llama.ts";
 import { generateIds, KvCacheModel, resolvedSettings, TextStreamer } from "./generate.ts";
 import { argmax } from "./sampling.ts";
+import { profileGpu } from "../engine/profile.ts";
 import { BUNDLED_TOKENIZER } from "./train_run.ts";
 import { ALL_LORA_TARGETS, type BaseFormat, type LlamaConfig, type LoraConfig } from "./types.ts";
 
@@ -223,6 +224,44 @@ await gpuTest(
       await gpu.sync();
     } finally {
       second.destroy();
+      model.destroy();
+    }
+  },
+);
+
+await gpuTest(
+  "generate: a profiled decode step gives the same logits and times every dispatch",
+  async (gpu) => {
+    const model = await tinyModel(gpu, GEN_TINY, "nf4", 21);
+    const kv = await KvCacheModel.create(model, { maxTokens: 32 });
+    try {
+      const prompt = [1, 7, 8, 9, 10];
+      const first = await kv.prefill(prompt);
+      const plain = await kv.step(argmax(first));
+      await kv.prefill(prompt);
+      if (!gpu.caps.timestamps) {
+        await rejects(() => profileGpu(gpu, () => kv.step(argmax(first))), /timestamp-query/);
+        return;
+      }
+      const { result: timed, profile: p } = await profileGpu(gpu, () => kv.step(argmax(first)));
+      assert(relativeError(timed, plain) === 0, "a profiled step changed the logits");
+      assert(gpu.profile === undefined, "the profile stayed attached");
+      // Per layer at least: 2 norms, 7 base products, rope twice, attention, swiglu; then norm and head.
+      const minimum = GEN_TINY.numLayers * 13 + 2;
+      assert(
+        p.dispatches.length >= minimum,
+        `${p.dispatches.length} dispatches profiled, expected >= ${minimum}`,
+      );
+      assert(p.dispatches.every((d) => d.ms >= 0 && d.startMs >= 0), "negative dispatch times");
+      assert(p.busyMs > 0 && p.spanMs >= p.busyMs * 0.999, `span ${p.spanMs} ms, busy ${p.busyMs} ms`);
+      const total = p.byLabel.reduce((a, g) => a + g.count, 0);
+      assert(total === p.dispatches.length, "the summary by label lost dispatches");
+      assert(
+        p.byLabel.some((g) => g.label.includes("matvec")),
+        `no matvec in ${p.byLabel.map((g) => g.label)}`,
+      );
+    } finally {
+      kv.destroy();
       model.destroy();
     }
   },
