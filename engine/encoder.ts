@@ -22,6 +22,13 @@ interface UniformChunk {
 
 export type Binding = GPUBuffer | { buffer: GPUBuffer; offset: number; size: number };
 
+/** Bind group entries of a dispatch: `params` at binding 0, `buffers` at bindings 1.. . */
+export function bindGroupEntries(params: GPUBufferBinding, buffers: Binding[]): GPUBindGroupEntry[] {
+  const entries: GPUBindGroupEntry[] = [{ binding: 0, resource: params }];
+  buffers.forEach((b, i) => entries.push({ binding: i + 1, resource: "buffer" in b ? b : { buffer: b } }));
+  return entries;
+}
+
 export class Encoder {
   readonly #commands: GPUCommandEncoder;
   #pass: GPUComputePassEncoder | undefined;
@@ -95,11 +102,7 @@ export class Encoder {
       );
     }
     if (x === 0 || y === 0 || z === 0) return;
-    const entries: GPUBindGroupEntry[] = [{ binding: 0, resource: this.#uniform(params) }];
-    buffers.forEach((b, i) => {
-      entries.push({ binding: i + 1, resource: "buffer" in b ? b : { buffer: b } });
-    });
-    const bindGroup = this.gpu.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+    const bindGroup = this.bindGroup(pipeline, params, buffers);
     const profile = this.gpu.profile;
     if (profile) {
       this.#pass?.end();
@@ -116,6 +119,23 @@ export class Encoder {
     this.#dispatches++;
   }
 
+  /** The bind group of the next dispatch: params in a slice of this encoder's uniform chunks at
+   * binding 0, buffers at bindings 1.. . Encoders that replay the same dispatches (the decode
+   * step) override it to keep bind groups across submits. */
+  protected bindGroup(
+    pipeline: GPUComputePipeline,
+    params: ArrayBufferView,
+    buffers: Binding[],
+  ): GPUBindGroup {
+    return this.gpu.device.createBindGroup({
+      layout: pipeline.getBindGroupLayout(0),
+      entries: bindGroupEntries(this.#uniform(params), buffers),
+    });
+  }
+
+  /** Runs in submit() before the queue writes and the submit (after the last pass ended). */
+  protected beforeSubmit(): void {}
+
   /** Copies bytes between buffers (ends the current compute pass). */
   copy(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number): void {
     if (this.#querySet) throw new Error("A timed encoder holds dispatches only");
@@ -131,6 +151,7 @@ export class Encoder {
     this.#submitted = true;
     if (this.#querySet && !this.#pass) this.#computePass();
     this.#pass?.end();
+    this.beforeSubmit();
     let readback: GPUBuffer | undefined;
     let resolve: GPUBuffer | undefined;
     if (this.#querySet) {

@@ -41,10 +41,6 @@ export class DispatchProfile {
     if (!gpu.caps.timestamps) throw new Error(`${gpu.name} has no timestamp-query; it cannot profile`);
   }
 
-  get count(): number {
-    return this.#labels.length;
-  }
-
   /** The descriptor of the pass that holds the next dispatch (one dispatch per pass). */
   nextPass(label: string): GPUComputePassDescriptor {
     if (this.#closed) throw new Error("the profile was already read");

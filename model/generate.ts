@@ -27,9 +27,8 @@
 // `merge`, folded once into private copies of the base weights: W' = W + s·B·A (f16).
 
 import { createBuffer, readBytes, releaseBuffer, upload, writeBuffer } from "../engine/buffers.ts";
-import { type Binding, Encoder } from "../engine/encoder.ts";
+import { bindGroupEntries, type Binding, Encoder } from "../engine/encoder.ts";
 import type { Gpu } from "../engine/gpu.ts";
-import { dispatchLabel } from "../engine/profile.ts";
 import { add, attention, type Linear, linear, rmsnorm, rope, swiglu } from "../engine/ops.ts";
 import { Rng } from "../engine/rng.ts";
 import { Tape } from "../engine/tape.ts";
@@ -172,98 +171,54 @@ class StepBindings {
  * time (only parameters such as the cache length change), so dispatch i keeps its parameter slot
  * i of persistent uniform buffers, and its bind group from the previous step while the pipeline
  * and buffers match; creating some 25 bind groups per layer per token was the largest CPU cost of
- * a step. The parameters of the whole step go to the GPU in one write at submit. */
+ * a step. The parameters go to the GPU in one write per uniform buffer at each submit. */
 class DecodeEncoder extends Encoder {
   readonly #cache: StepBindings;
-  readonly #commands: GPUCommandEncoder;
-  #pass: GPUComputePassEncoder | undefined;
   readonly #first: number;
-  #count: number;
-  #done = false;
 
   /** Dispatches take the slots first, first + 1, ... (a step split over several submits continues
    * the numbering of the previous encoder). */
   constructor(cache: StepBindings, label: string, first: number) {
     super(cache.gpu, { label });
     this.#cache = cache;
-    this.#commands = cache.gpu.device.createCommandEncoder({ label });
     this.#first = first;
-    this.#count = first;
-  }
-
-  override get dispatches(): number {
-    return this.#count - this.#first;
   }
 
   /** The slot of the next dispatch. */
   get nextSlot(): number {
-    return this.#count;
+    return this.#first + this.dispatches;
   }
 
-  override dispatch(
+  protected override bindGroup(
     pipeline: GPUComputePipeline,
     params: ArrayBufferView,
     buffers: Binding[],
-    groups: readonly [number, number?, number?],
-  ): void {
-    if (this.#done) throw new Error("DecodeEncoder already submitted");
-    const [x, y = 1, z = 1] = groups;
-    const max = this.gpu.caps.limits.maxComputeWorkgroupsPerDimension;
-    if (x > max || y > max || z > max) {
-      throw new RangeError(
-        `Dispatch of ${x}x${y}x${z} workgroups exceeds ${max} per dimension (${pipeline.label})`,
-      );
-    }
-    if (x === 0 || y === 0 || z === 0) return;
+  ): GPUBindGroup {
     if (params.byteLength > PARAM_SLOT_BYTES) {
       throw new RangeError(
         `${pipeline.label}: ${params.byteLength} bytes of parameters; slots hold ${PARAM_SLOT_BYTES}`,
       );
     }
     const cache = this.#cache;
-    const i = this.#count++;
+    const i = this.nextSlot;
     const slot = cache.slot(i);
     cache.data.set(new Uint8Array(params.buffer, params.byteOffset, params.byteLength), i * PARAM_SLOT_BYTES);
     let hit = cache.dispatches[i];
     if (!hit || hit.pipeline !== pipeline || !sameBindings(hit.buffers, buffers)) {
       const size = Math.max(16, Math.ceil(params.byteLength / 16) * 16);
-      const entries: GPUBindGroupEntry[] = [{ binding: 0, resource: { ...slot, size } }];
-      buffers.forEach((b, k) =>
-        entries.push({ binding: k + 1, resource: "buffer" in b ? b : { buffer: b } })
-      );
-      const bindGroup = this.gpu.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+      const bindGroup = this.gpu.device.createBindGroup({
+        layout: pipeline.getBindGroupLayout(0),
+        entries: bindGroupEntries({ ...slot, size }, buffers),
+      });
       hit = { pipeline, buffers: buffers.slice(), bindGroup };
       cache.dispatches[i] = hit;
     }
-    const profile = this.gpu.profile;
-    if (profile) {
-      this.#pass?.end();
-      this.#pass = this.#commands.beginComputePass(profile.nextPass(dispatchLabel(pipeline, x, y, z)));
-    }
-    this.#pass ??= this.#commands.beginComputePass();
-    this.#pass.setPipeline(pipeline);
-    this.#pass.setBindGroup(0, hit.bindGroup);
-    this.#pass.dispatchWorkgroups(x, y, z);
-    if (profile) {
-      this.#pass.end();
-      this.#pass = undefined;
-    }
+    return hit.bindGroup;
   }
 
-  override copy(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number): void {
-    if (this.#done) throw new Error("DecodeEncoder already submitted");
-    this.#pass?.end();
-    this.#pass = undefined;
-    this.#commands.copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
-  }
-
-  override submit(): Promise<number | undefined> {
-    if (this.#done) throw new Error("DecodeEncoder already submitted");
-    this.#done = true;
-    this.#pass?.end();
-    this.#cache.write(this.#first, this.#count);
-    this.gpu.device.queue.submit([this.#commands.finish()]);
-    return Promise.resolve(undefined);
+  /** The parameters of this encoder's dispatches go to their slots in one write per uniform buffer. */
+  protected override beforeSubmit(): void {
+    this.#cache.write(this.#first, this.nextSlot);
   }
 }
 
