@@ -14,6 +14,7 @@ import { openGpu } from "../engine/gpu.ts";
 import type { ChatMessage } from "../data/chat_template.ts";
 import { type GenerationSettings, Generator, KvCacheModel, resolvedSettings } from "../model/generate.ts";
 import { findLatestEmbeddedRun, loadInferenceModel } from "../model/run_model.ts";
+import { stdinLines } from "./mod.ts";
 
 const USAGE = `Usage: deno task generate [options]
   --prompt TEXT             one reply to TEXT (without it: interactive chat, /reset, /exit)
@@ -68,22 +69,6 @@ export function samplingSettings(values: Record<string, unknown>): GenerationSet
   const r = resolvedSettings(settings);
   if (r.maxNewTokens < 1) throw new Error(`--max-new-tokens ${r.maxNewTokens}: must be >= 1`);
   return settings;
-}
-
-/** Lines of standard input without their line ends. */
-async function* stdinLines(): AsyncGenerator<string> {
-  const decoder = new TextDecoder();
-  let buffered = "";
-  for await (const chunk of Deno.stdin.readable) {
-    buffered += decoder.decode(chunk, { stream: true });
-    let nl: number;
-    while ((nl = buffered.indexOf("\n")) >= 0) {
-      yield buffered.slice(0, nl).replace(/\r$/, "");
-      buffered = buffered.slice(nl + 1);
-    }
-  }
-  buffered += decoder.decode();
-  if (buffered.length > 0) yield buffered;
 }
 
 async function main(): Promise<number> {

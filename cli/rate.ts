@@ -10,6 +10,7 @@
  */
 import { parseArgs } from "node:util";
 import { rateRun } from "../model/human_eval.ts";
+import { stdinLines } from "./mod.ts";
 
 const USAGE = `Usage: deno task rate --run DIR [--include-skipped]
   --run DIR            run folder with GeneratedResponses.json
@@ -41,22 +42,6 @@ async function main(): Promise<number> {
     },
   }, { includeSkipped: values["include-skipped"] });
   return 0;
-}
-
-/** Lines of standard input (a terminal or a pipe), without their line ends. */
-async function* stdinLines(): AsyncGenerator<string> {
-  const decoder = new TextDecoder();
-  let buffered = "";
-  for await (const chunk of Deno.stdin.readable) {
-    buffered += decoder.decode(chunk, { stream: true });
-    let nl: number;
-    while ((nl = buffered.indexOf("\n")) >= 0) {
-      yield buffered.slice(0, nl).replace(/\r$/, "");
-      buffered = buffered.slice(nl + 1);
-    }
-  }
-  buffered += decoder.decode();
-  if (buffered.length > 0) yield buffered;
 }
 
 if (import.meta.main) {
