@@ -93,7 +93,7 @@ export const FLASH_ATTENTION_MAX_D = 128;
 const WORKGROUP_BYTES = {
   forward: {
     portable: 3 * 16 * 128 * 2 + 16 * 16 * 4,
-    subgroup_matrix: 64 * 136 * 2 + 64 * 40 * 2 + 64 * 32 * 4 + 512,
+    subgroup_matrix: 64 * 136 * 2 + 64 * 36 * 4 + 64 * 40 * 2,
   },
   backward: {
     portable: 4 * 16 * 128 * 2 + 2 * 16 * 16 * 4 + 2 * 16 * 4,

@@ -2,11 +2,16 @@
 // Same contract as flash_attention_fwd.wgsl:
 //   q [B,T,H,D], k and v [B,T,KVH,D], o [B,T,H,D] all f16; lse [B,H,T] f32; g = h / (H / KVH).
 // A workgroup of 4 subgroups of 32 takes BR = 64 query rows of one head, 16 rows per subgroup,
-// and walks the key/value rows in blocks of BC = 32. Per block: S = Q·K^T as fragments (Q's
-// fragments stay in registers), stored to workgroup memory; the online softmax runs two
-// invocations per query row (each the full row's max, half the row's exponentials), writing
-// P in f16; P·V as fragments, four 16x16 pieces at a time staged through workgroup memory and
-// added into the invocations' f32 output registers after the rescale by exp(m_old - m_new).
+// with the rows' Q fragments in registers, and walks the key/value rows twice in blocks of
+// BC = 32, staged in workgroup memory one block ahead (the next block's words are read from
+// storage into registers while this block's products run; consecutive invocations write
+// consecutive words, so the staging stores meet no bank conflicts):
+//   1. S = Q·K^T as fragments, stored to workgroup memory, where two invocations per query row
+//      keep the row's running max and sum of exponentials: the row's exact log-sum-exp.
+//   2. S again; P = exp(scale * S - lse) is the final, normalized probability, written in f16,
+//      and O += P·V accumulates in result fragments that never leave registers until the end.
+// Fragments cannot be scaled row by row, so knowing the log-sum-exp first (one more Q·K^T)
+// replaces the online softmax's rescaling of O.
 // D is a multiple of 16, at most 128. Rows past T are zero and never written.
 enable f16;
 enable subgroups;
@@ -24,9 +29,9 @@ struct Params {
 override D: u32 = 128u;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> q: array<vec4<u32>>; // 8 halves per element
-@group(0) @binding(2) var<storage, read> k: array<vec4<u32>>;
-@group(0) @binding(3) var<storage, read> v: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read> q: array<u32>; // 2 halves per element
+@group(0) @binding(2) var<storage, read> k: array<u32>;
+@group(0) @binding(3) var<storage, read> v: array<u32>;
 @group(0) @binding(4) var<storage, read_write> o: array<vec4<f16>>;
 @group(0) @binding(5) var<storage, read_write> lse: array<f32>;
 
@@ -35,21 +40,107 @@ const BC = 32u;
 const PAD = 8u;
 const MAXD = 128u;
 const NEG = -1.0e30;
+const SS = BC + 4u; // row stride of S in f32 (16-byte multiple; two invocations per row hit distinct banks)
+const PS = BC + PAD; // row stride of P in f16
 
-// Q (64 rows) before the loop; then K in rows 0..BC-1 and V in rows BC..2BC-1; row stride D + PAD.
-var<workgroup> KV: array<f16, BR * (MAXD + PAD)>;
-var<workgroup> Ps: array<f16, BR * (BC + PAD)>; // P of the block, [query row][kv row]
-// Scores [query row][kv row] (the first BR * BC); then each subgroup's four 16x16 P·V pieces.
-var<workgroup> S: array<f32, 4096>;
-var<workgroup> rowSum: array<f32, 128>;
+// Q (64 rows) before the walks; then K in rows 0..BC-1 and V in rows BC..2BC-1; row stride D + PAD.
+var<workgroup> KV: array<f16, 2u * BC * (MAXD + PAD)>;
+var<workgroup> S: array<f32, BR * SS>; // scores [query row][kv row]; at the end output pieces
+var<workgroup> Ps: array<f16, BR * PS>; // P of the block, [query row][kv row]
 
-fn put8(s: u32, w: vec4<u32>) {
-  let h0 = bitcast<vec2<f16>>(w.x);
-  let h1 = bitcast<vec2<f16>>(w.y);
-  let h2 = bitcast<vec2<f16>>(w.z);
-  let h3 = bitcast<vec2<f16>>(w.w);
-  KV[s] = h0.x; KV[s + 1u] = h0.y; KV[s + 2u] = h1.x; KV[s + 3u] = h1.y;
-  KV[s + 4u] = h2.x; KV[s + 5u] = h2.y; KV[s + 6u] = h3.x; KV[s + 7u] = h3.y;
+const WORDS = BC * MAXD / 2u / 128u; // words of one staged K (or V) block per invocation, at most
+
+// Word i (of D / 2 per row) of row r of the staging area, as two halves.
+fn putWord(r: u32, i: u32, w: u32) {
+  let h = bitcast<vec2<f16>>(w);
+  let at = r * (D + PAD) + 2u * i;
+  KV[at] = h.x;
+  KV[at + 1u] = h.y;
+}
+
+// This invocation's words of K (or V) rows c0..c0+BC-1 of kv head g; zero past T.
+fn fetchBlock(c0: u32, b: u32, g: u32, tid: u32, isV: bool) -> array<u32, WORDS> {
+  var out: array<u32, WORDS>;
+  let half = D / 2u;
+  for (var j = 0u; j < BC * half / 128u; j++) {
+    let w = tid + j * 128u;
+    let t = c0 + w / half;
+    var x = 0u;
+    if (t < p.T) {
+      let at = ((b * p.T + t) * p.KVH + g) * half + w % half;
+      if (isV) { x = v[at]; } else { x = k[at]; }
+    }
+    out[j] = x;
+  }
+  return out;
+}
+
+// Writes fetched words to staging rows row0..row0+BC-1.
+fn putBlock(words: array<u32, WORDS>, row0: u32, tid: u32) {
+  let half = D / 2u;
+  for (var j = 0u; j < BC * half / 128u; j++) {
+    let w = tid + j * 128u;
+    putWord(row0 + w / half, w % half, words[j]);
+  }
+}
+
+// Scores of the subgroup's 16 query rows against staged K rows n0..n0+15: Q·K^T over D.
+fn scores(
+  n0: u32,
+  f0: subgroup_matrix_left<f16, 16, 16>, f1: subgroup_matrix_left<f16, 16, 16>,
+  f2: subgroup_matrix_left<f16, 16, 16>, f3: subgroup_matrix_left<f16, 16, 16>,
+  f4: subgroup_matrix_left<f16, 16, 16>, f5: subgroup_matrix_left<f16, 16, 16>,
+  f6: subgroup_matrix_left<f16, 16, 16>, f7: subgroup_matrix_left<f16, 16, 16>,
+) -> subgroup_matrix_result<f32, 16, 16> {
+  let stride = D + PAD;
+  let at = n0 * stride;
+  var s = subgroup_matrix_result<f32, 16, 16>();
+  s = subgroupMatrixMultiplyAccumulate(f0, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&KV, at, stride), s);
+  if (D > 16u) { s = subgroupMatrixMultiplyAccumulate(f1, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&KV, at + 16u, stride), s); }
+  if (D > 32u) { s = subgroupMatrixMultiplyAccumulate(f2, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&KV, at + 32u, stride), s); }
+  if (D > 48u) { s = subgroupMatrixMultiplyAccumulate(f3, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&KV, at + 48u, stride), s); }
+  if (D > 64u) { s = subgroupMatrixMultiplyAccumulate(f4, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&KV, at + 64u, stride), s); }
+  if (D > 80u) { s = subgroupMatrixMultiplyAccumulate(f5, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&KV, at + 80u, stride), s); }
+  if (D > 96u) { s = subgroupMatrixMultiplyAccumulate(f6, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&KV, at + 96u, stride), s); }
+  if (D > 112u) { s = subgroupMatrixMultiplyAccumulate(f7, subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&KV, at + 112u, stride), s); }
+  return s;
+}
+
+// acc + P·V[:, dn*16 ..] over the block's BC = 32 staged V rows (p0: kv rows 0..15, p1: 16..31).
+fn pv(
+  acc: subgroup_matrix_result<f32, 16, 16>,
+  dn: u32,
+  p0: subgroup_matrix_left<f16, 16, 16>,
+  p1: subgroup_matrix_left<f16, 16, 16>,
+) -> subgroup_matrix_result<f32, 16, 16> {
+  let stride = D + PAD;
+  let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&KV, BC * stride + dn * 16u, stride);
+  let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&KV, (BC + 16u) * stride + dn * 16u, stride);
+  return subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, acc));
+}
+
+// Writes output columns j*32 .. j*32+31 of the subgroup's rows (fragments a, b) as f16.
+fn writePair(
+  j: u32,
+  a: subgroup_matrix_result<f32, 16, 16>,
+  bf: subgroup_matrix_result<f32, 16, 16>,
+  sg: u32,
+  lrow: u32,
+  half: u32,
+  out: u32,
+  live: bool,
+) {
+  subgroupMatrixStore<row_major>(&S, sg * 16u * SS, a, SS);
+  if (D > j * 32u + 16u) { subgroupMatrixStore<row_major>(&S, sg * 16u * SS + 16u, bf, SS); }
+  workgroupBarrier();
+  if (live && j * 32u + half * 16u < D) {
+    let at = lrow * SS + half * 16u;
+    let base = (out + j * 32u + half * 16u) / 4u;
+    for (var x = 0u; x < 4u; x++) {
+      o[base + x] = vec4<f16>(vec4<f32>(S[at + 4u * x], S[at + 4u * x + 1u], S[at + 4u * x + 2u], S[at + 4u * x + 3u]));
+    }
+  }
+  workgroupBarrier();
 }
 
 @compute @workgroup_size(128)
@@ -61,122 +152,115 @@ fn main(
 ) {
   let T = p.T;
   let H = p.H;
-  let KVH = p.KVH;
   let stride = D + PAD;
-  let vecs = D / 8u;
   let h = wg.y;
   let b = wg.z;
-  let g = h / (H / KVH);
+  let g = h / (H / p.KVH);
   let q0 = wg.x * BR;
   let rr = lane / 2u; // this invocation's query row within the subgroup's 16
-  let half = lane % 2u;
+  let half = lane % 2u; // and which of the row's interleaved columns it takes: half, half + 2, ...
   let lrow = sg * 16u + rr;
   let row = q0 + lrow;
+  let causal = p.causal != 0u;
 
-  for (var i = tid; i < BR * vecs; i += 128u) {
-    let t = q0 + i / vecs;
-    var w = vec4<u32>(0u);
-    if (t < T) { w = q[((b * T + t) * H + h) * vecs + i % vecs]; }
-    put8((i / vecs) * stride + (i % vecs) * 8u, w);
+  for (var i = tid; i < BR * D / 2u; i += 128u) {
+    let t = q0 + i / (D / 2u);
+    var w = 0u;
+    if (t < T) { w = q[((b * T + t) * H + h) * (D / 2u) + i % (D / 2u)]; }
+    putWord(i / (D / 2u), i % (D / 2u), w);
   }
   workgroupBarrier();
-  var qf: array<subgroup_matrix_left<f16, 16, 16>, 8>;
-  for (var kk = 0u; kk < D / 16u; kk++) {
-    qf[kk] = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&KV, sg * 16u * stride + kk * 16u, stride);
-  }
+  let qa = sg * 16u * stride;
+  var f0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&KV, qa, stride);
+  var f1 = f0; var f2 = f0; var f3 = f0; var f4 = f0; var f5 = f0; var f6 = f0; var f7 = f0;
+  if (D > 16u) { f1 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&KV, qa + 16u, stride); }
+  if (D > 32u) { f2 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&KV, qa + 32u, stride); }
+  if (D > 48u) { f3 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&KV, qa + 48u, stride); }
+  if (D > 64u) { f4 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&KV, qa + 64u, stride); }
+  if (D > 80u) { f5 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&KV, qa + 80u, stride); }
+  if (D > 96u) { f6 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&KV, qa + 96u, stride); }
+  if (D > 112u) { f7 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&KV, qa + 112u, stride); }
   workgroupBarrier();
 
   var kvEnd = T;
-  if (p.causal != 0u) { kvEnd = min(q0 + BR, T); }
+  if (causal) { kvEnd = min(q0 + BR, T); }
   let blocks = (kvEnd + BC - 1u) / BC;
 
+  // Walk 1: the row's max m and sum of exp(scale * s - m), each invocation over its 16 columns.
+  // Per block: S from the staged K; barrier; the next K staged; the row statistics; barrier.
   var m = NEG;
-  var l = 0.0; // this invocation's half of the row sum
-  var acc: array<vec4<f32>, 16>; // [fragment dn][2]: row rr, columns dn*16 + half*8 .. +8
+  var l = 0.0;
+  putBlock(fetchBlock(0u, b, g, tid, false), 0u, tid);
+  workgroupBarrier();
   for (var jb = 0u; jb < blocks; jb++) {
     let c0 = jb * BC;
-    for (var i = tid; i < 2u * BC * vecs; i += 128u) {
-      let r = i / vecs;
-      let t = c0 + r % BC;
-      var w = vec4<u32>(0u);
-      if (t < T) {
-        let at = ((b * T + t) * KVH + g) * vecs + i % vecs;
-        if (r < BC) { w = k[at]; } else { w = v[at]; }
-      }
-      put8(r * stride + (i % vecs) * 8u, w);
-    }
+    var nextK: array<u32, WORDS>;
+    if (jb + 1u < blocks) { nextK = fetchBlock(c0 + BC, b, g, tid, false); }
+    subgroupMatrixStore<row_major>(&S, sg * 16u * SS, scores(0u, f0, f1, f2, f3, f4, f5, f6, f7), SS);
+    subgroupMatrixStore<row_major>(&S, sg * 16u * SS + 16u, scores(16u, f0, f1, f2, f3, f4, f5, f6, f7), SS);
     workgroupBarrier();
-
-    for (var n = 0u; n < BC / 16u; n++) {
-      var s = subgroup_matrix_result<f32, 16, 16>();
-      for (var kk = 0u; kk < D / 16u; kk++) {
-        let kf = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(&KV, n * 16u * stride + kk * 16u, stride);
-        s = subgroupMatrixMultiplyAccumulate(qf[kk], kf, s);
-      }
-      subgroupMatrixStore<row_major>(&S, sg * 16u * BC + n * 16u, s, BC);
-    }
-    workgroupBarrier();
-
-    var mx = m;
-    for (var c = 0u; c < BC; c++) {
+    if (jb + 1u < blocks) { putBlock(nextK, 0u, tid); }
+    var mx = NEG;
+    for (var cc = 0u; cc < BC / 2u; cc++) {
+      let c = half + 2u * cc;
       let t = c0 + c;
-      let masked = t >= T || (p.causal != 0u && t > row);
-      mx = max(mx, select(S[lrow * BC + c] * p.scale, NEG, masked));
+      if (t < T && !(causal && t > row)) { mx = max(mx, S[lrow * SS + c] * p.scale); }
     }
-    let alpha = exp(m - mx);
+    let mNew = max(m, max(mx, subgroupShuffleXor(mx, 1u)));
     var ls = 0.0;
     for (var cc = 0u; cc < BC / 2u; cc++) {
-      let c = half * (BC / 2u) + cc;
+      let c = half + 2u * cc;
       let t = c0 + c;
-      let masked = t >= T || (p.causal != 0u && t > row);
-      let pr = exp(select(S[lrow * BC + c] * p.scale, NEG, masked) - mx);
-      ls += pr;
-      Ps[lrow * (BC + PAD) + c] = f16(pr);
+      if (t < T && !(causal && t > row)) { ls += exp(S[lrow * SS + c] * p.scale - mNew); }
     }
-    l = l * alpha + ls;
-    m = mx;
-    for (var j = 0u; j < 2u * D / 16u; j++) { acc[j] *= alpha; }
+    l = l * exp(m - mNew) + ls;
+    m = mNew;
     workgroupBarrier();
-
-    let pf0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&Ps, sg * 16u * (BC + PAD), BC + PAD);
-    let pf1 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&Ps, sg * 16u * (BC + PAD) + 16u, BC + PAD);
-    // P·V in passes of four 16-column pieces: all four go to this subgroup's scratch, then one
-    // barrier, then the invocations add their row's halves into their registers.
-    for (var d0 = 0u; d0 < D / 16u; d0 += 4u) {
-      for (var f = 0u; f < 4u; f++) {
-        let dn = d0 + f;
-        if (dn < D / 16u) {
-          var pv = subgroup_matrix_result<f32, 16, 16>();
-          let v0 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&KV, BC * stride + dn * 16u, stride);
-          pv = subgroupMatrixMultiplyAccumulate(pf0, v0, pv);
-          let v1 = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, row_major>(&KV, (BC + 16u) * stride + dn * 16u, stride);
-          pv = subgroupMatrixMultiplyAccumulate(pf1, v1, pv);
-          subgroupMatrixStore<row_major>(&S, (sg * 4u + f) * 256u, pv, 16u);
-        }
-      }
-      workgroupBarrier();
-      for (var f = 0u; f < 4u; f++) {
-        let dn = d0 + f;
-        if (dn < D / 16u) {
-          let at = (sg * 4u + f) * 256u + rr * 16u + half * 8u;
-          acc[dn * 2u] += vec4<f32>(S[at], S[at + 1u], S[at + 2u], S[at + 3u]);
-          acc[dn * 2u + 1u] += vec4<f32>(S[at + 4u], S[at + 5u], S[at + 6u], S[at + 7u]);
-        }
-      }
-      workgroupBarrier();
-    }
   }
+  let rowLse = m + log(l + subgroupShuffleXor(l, 1u));
 
-  rowSum[sg * 32u + lane] = l;
+  // Walk 2: O = P·V with P exact. K runs one block ahead of V in the staging area, so a block
+  // needs two barriers: after S (K free: the next K and this block's V go in) and after P.
+  var o0 = subgroup_matrix_result<f32, 16, 16>();
+  var o1 = o0; var o2 = o0; var o3 = o0; var o4 = o0; var o5 = o0; var o6 = o0; var o7 = o0;
+  putBlock(fetchBlock(0u, b, g, tid, false), 0u, tid);
+  var nextK = fetchBlock(BC, b, g, tid, false);
+  var nextV = fetchBlock(0u, b, g, tid, true);
   workgroupBarrier();
-  let total = l + rowSum[sg * 32u + (lane ^ 1u)];
-  if (row < T) {
-    let inv = 1.0 / total;
-    let base = (((b * T + row) * H + h) * D + half * 8u) / 4u;
-    for (var dn = 0u; dn < D / 16u; dn++) {
-      o[base + dn * 4u] = vec4<f16>(acc[dn * 2u] * inv);
-      o[base + dn * 4u + 1u] = vec4<f16>(acc[dn * 2u + 1u] * inv);
+  for (var jb = 0u; jb < blocks; jb++) {
+    let c0 = jb * BC;
+    subgroupMatrixStore<row_major>(&S, sg * 16u * SS, scores(0u, f0, f1, f2, f3, f4, f5, f6, f7), SS);
+    subgroupMatrixStore<row_major>(&S, sg * 16u * SS + 16u, scores(16u, f0, f1, f2, f3, f4, f5, f6, f7), SS);
+    workgroupBarrier();
+    if (jb + 1u < blocks) { putBlock(nextK, 0u, tid); }
+    putBlock(nextV, BC, tid);
+    for (var cc = 0u; cc < BC / 2u; cc++) {
+      let c = half + 2u * cc;
+      let t = c0 + c;
+      let masked = t >= T || (causal && t > row);
+      Ps[lrow * PS + c] = f16(select(exp(S[lrow * SS + c] * p.scale - rowLse), 0.0, masked));
     }
-    if (half == 0u) { lse[(b * H + h) * T + row] = m + log(total); }
+    workgroupBarrier();
+    if (jb + 2u < blocks) { nextK = fetchBlock(c0 + 2u * BC, b, g, tid, false); }
+    if (jb + 1u < blocks) { nextV = fetchBlock(c0 + BC, b, g, tid, true); }
+    let p0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&Ps, sg * 16u * PS, PS);
+    let p1 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&Ps, sg * 16u * PS + 16u, PS);
+    o0 = pv(o0, 0u, p0, p1);
+    if (D > 16u) { o1 = pv(o1, 1u, p0, p1); }
+    if (D > 32u) { o2 = pv(o2, 2u, p0, p1); }
+    if (D > 48u) { o3 = pv(o3, 3u, p0, p1); }
+    if (D > 64u) { o4 = pv(o4, 4u, p0, p1); }
+    if (D > 80u) { o5 = pv(o5, 5u, p0, p1); }
+    if (D > 96u) { o6 = pv(o6, 6u, p0, p1); }
+    if (D > 112u) { o7 = pv(o7, 7u, p0, p1); }
   }
+  workgroupBarrier(); // the output pieces below reuse S
+
+  let live = row < T;
+  let out = ((b * T + row) * H + h) * D;
+  writePair(0u, o0, o1, sg, lrow, half, out, live);
+  if (D > 32u) { writePair(1u, o2, o3, sg, lrow, half, out, live); }
+  if (D > 64u) { writePair(2u, o4, o5, sg, lrow, half, out, live); }
+  if (D > 96u) { writePair(3u, o6, o7, sg, lrow, half, out, live); }
+  if (live && half == 0u) { lse[(b * H + h) * T + row] = rowLse; }
 }
