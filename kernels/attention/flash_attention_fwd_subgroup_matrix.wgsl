@@ -2,16 +2,16 @@
 // Same contract as flash_attention_fwd.wgsl:
 //   q [B,T,H,D], k and v [B,T,KVH,D], o [B,T,H,D] all f16; lse [B,H,T] f32; g = h / (H / KVH).
 // A workgroup of 4 subgroups of 32 takes BR = 64 query rows of one head, 16 rows per subgroup,
-// with the rows' Q fragments in registers, and walks the key/value rows twice in blocks of
-// BC = 32, staged in workgroup memory one block ahead (the next block's words are read from
-// storage into registers while this block's products run; consecutive invocations write
-// consecutive words, so the staging stores meet no bank conflicts):
-//   1. S = Q·K^T as fragments, stored to workgroup memory, where two invocations per query row
-//      keep the row's running max and sum of exponentials: the row's exact log-sum-exp.
-//   2. S again; P = exp(scale * S - lse) is the final, normalized probability, written in f16,
-//      and O += P·V accumulates in result fragments that never leave registers until the end.
-// Fragments cannot be scaled row by row, so knowing the log-sum-exp first (one more Q·K^T)
-// replaces the online softmax's rescaling of O.
+// with the rows' Q fragments in registers, and walks the key/value rows in blocks of BC = 32,
+// staged in workgroup memory one block ahead (the next block's words are read from storage into
+// registers while this block's products run; consecutive invocations write consecutive words,
+// so the staging stores meet no bank conflicts). Per block: S = Q·K^T as fragments, stored to
+// workgroup memory; two invocations per query row form P = exp(scale * S - m) in f16 and the
+// row sum l; O += P·V accumulates in result fragments.
+// Fragments cannot be scaled row by row, so the reference max m of a row is raised only when a
+// score passes it by more than RESCALE_AT (P stays below e^RESCALE_AT, well inside f16): then,
+// and only then, the workgroup takes O's fragments through workgroup memory to rescale them.
+// Real attention rows rarely trigger it after their first block. O / l is formed on the way out.
 // D is a multiple of 16, at most 128. Rows past T are zero and never written.
 enable f16;
 enable subgroups;
@@ -40,6 +40,7 @@ const BC = 32u;
 const PAD = 8u;
 const MAXD = 128u;
 const NEG = -1.0e30;
+const RESCALE_AT = 8.0;
 const SS = BC + 4u; // row stride of S in f32 (16-byte multiple; two invocations per row hit distinct banks)
 const PS = BC + PAD; // row stride of P in f16
 
@@ -47,6 +48,8 @@ const PS = BC + PAD; // row stride of P in f16
 var<workgroup> KV: array<f16, 2u * BC * (MAXD + PAD)>;
 var<workgroup> S: array<f32, BR * SS>; // scores [query row][kv row]; at the end output pieces
 var<workgroup> Ps: array<f16, BR * PS>; // P of the block, [query row][kv row]
+var<workgroup> rowAlpha: array<f32, BR>; // exp(m_old - m_new) of each row in this block
+var<workgroup> rescaleFlags: array<u32, 4>; // per subgroup: some row's m rose this block
 
 const WORDS = BC * MAXD / 2u / 128u; // words of one staged K (or V) block per invocation, at most
 
@@ -119,7 +122,21 @@ fn pv(
   return subgroupMatrixMultiplyAccumulate(p1, v1, subgroupMatrixMultiplyAccumulate(p0, v0, acc));
 }
 
-// Writes output columns j*32 .. j*32+31 of the subgroup's rows (fragments a, b) as f16.
+// The fragment with each of the subgroup's 16 rows multiplied by its rowAlpha, through the
+// subgroup's part of S.
+fn rescaled(a: subgroup_matrix_result<f32, 16, 16>, sg: u32, lane: u32) -> subgroup_matrix_result<f32, 16, 16> {
+  subgroupMatrixStore<row_major>(&S, sg * 16u * SS, a, SS);
+  workgroupBarrier();
+  let lrow = sg * 16u + lane / 2u;
+  let alpha = rowAlpha[lrow];
+  for (var c = (lane % 2u) * 8u; c < (lane % 2u) * 8u + 8u; c++) { S[lrow * SS + c] *= alpha; }
+  workgroupBarrier();
+  let out = subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>(&S, sg * 16u * SS, SS);
+  workgroupBarrier();
+  return out;
+}
+
+// Writes output columns j*32 .. j*32+31 of the subgroup's rows (fragments a, b) times inv as f16.
 fn writePair(
   j: u32,
   a: subgroup_matrix_result<f32, 16, 16>,
@@ -128,6 +145,7 @@ fn writePair(
   lrow: u32,
   half: u32,
   out: u32,
+  inv: f32,
   live: bool,
 ) {
   subgroupMatrixStore<row_major>(&S, sg * 16u * SS, a, SS);
@@ -137,7 +155,7 @@ fn writePair(
     let at = lrow * SS + half * 16u;
     let base = (out + j * 32u + half * 16u) / 4u;
     for (var x = 0u; x < 4u; x++) {
-      o[base + x] = vec4<f16>(vec4<f32>(S[at + 4u * x], S[at + 4u * x + 1u], S[at + 4u * x + 2u], S[at + 4u * x + 3u]));
+      o[base + x] = vec4<f16>(vec4<f32>(S[at + 4u * x], S[at + 4u * x + 1u], S[at + 4u * x + 2u], S[at + 4u * x + 3u]) * inv);
     }
   }
   workgroupBarrier();
@@ -186,41 +204,10 @@ fn main(
   if (causal) { kvEnd = min(q0 + BR, T); }
   let blocks = (kvEnd + BC - 1u) / BC;
 
-  // Walk 1: the row's max m and sum of exp(scale * s - m), each invocation over its 16 columns.
-  // Per block: S from the staged K; barrier; the next K staged; the row statistics; barrier.
+  // K runs one block ahead of V in the staging area, so a block needs two barriers: after S (K
+  // free: the next K and this block's V go in) and after P (the uniform load of the flags).
   var m = NEG;
-  var l = 0.0;
-  putBlock(fetchBlock(0u, b, g, tid, false), 0u, tid);
-  workgroupBarrier();
-  for (var jb = 0u; jb < blocks; jb++) {
-    let c0 = jb * BC;
-    var nextK: array<u32, WORDS>;
-    if (jb + 1u < blocks) { nextK = fetchBlock(c0 + BC, b, g, tid, false); }
-    subgroupMatrixStore<row_major>(&S, sg * 16u * SS, scores(0u, f0, f1, f2, f3, f4, f5, f6, f7), SS);
-    subgroupMatrixStore<row_major>(&S, sg * 16u * SS + 16u, scores(16u, f0, f1, f2, f3, f4, f5, f6, f7), SS);
-    workgroupBarrier();
-    if (jb + 1u < blocks) { putBlock(nextK, 0u, tid); }
-    var mx = NEG;
-    for (var cc = 0u; cc < BC / 2u; cc++) {
-      let c = half + 2u * cc;
-      let t = c0 + c;
-      if (t < T && !(causal && t > row)) { mx = max(mx, S[lrow * SS + c] * p.scale); }
-    }
-    let mNew = max(m, max(mx, subgroupShuffleXor(mx, 1u)));
-    var ls = 0.0;
-    for (var cc = 0u; cc < BC / 2u; cc++) {
-      let c = half + 2u * cc;
-      let t = c0 + c;
-      if (t < T && !(causal && t > row)) { ls += exp(S[lrow * SS + c] * p.scale - mNew); }
-    }
-    l = l * exp(m - mNew) + ls;
-    m = mNew;
-    workgroupBarrier();
-  }
-  let rowLse = m + log(l + subgroupShuffleXor(l, 1u));
-
-  // Walk 2: O = P·V with P exact. K runs one block ahead of V in the staging area, so a block
-  // needs two barriers: after S (K free: the next K and this block's V go in) and after P.
+  var l = 0.0; // this invocation's half of the row sum, relative to m
   var o0 = subgroup_matrix_result<f32, 16, 16>();
   var o1 = o0; var o2 = o0; var o3 = o0; var o4 = o0; var o5 = o0; var o6 = o0; var o7 = o0;
   putBlock(fetchBlock(0u, b, g, tid, false), 0u, tid);
@@ -234,13 +221,42 @@ fn main(
     workgroupBarrier();
     if (jb + 1u < blocks) { putBlock(nextK, 0u, tid); }
     putBlock(nextV, BC, tid);
+    var mx = NEG;
+    for (var cc = 0u; cc < BC / 2u; cc++) {
+      let c = half + 2u * cc;
+      let t = c0 + c;
+      if (t < T && !(causal && t > row)) { mx = max(mx, S[lrow * SS + c] * p.scale); }
+    }
+    mx = max(mx, subgroupShuffleXor(mx, 1u));
+    var mNew = m;
+    if (mx > m + RESCALE_AT) { mNew = mx; } // both invocations of the row agree
+    let alpha = exp(m - mNew);
+    var ls = 0.0;
     for (var cc = 0u; cc < BC / 2u; cc++) {
       let c = half + 2u * cc;
       let t = c0 + c;
       let masked = t >= T || (causal && t > row);
-      Ps[lrow * PS + c] = f16(select(exp(S[lrow * SS + c] * p.scale - rowLse), 0.0, masked));
+      let pr = select(exp(S[lrow * SS + c] * p.scale - mNew), 0.0, masked);
+      ls += pr;
+      Ps[lrow * PS + c] = f16(pr);
     }
-    workgroupBarrier();
+    l = l * alpha + ls;
+    // O is still zero while m is NEG, so only a raised m of a row that saw scores counts.
+    let rescale = subgroupAny(m > NEG && mNew > m);
+    m = mNew;
+    if (half == 0u) { rowAlpha[lrow] = alpha; }
+    if (lane == 0u) { rescaleFlags[sg] = select(0u, 1u, rescale); }
+    let flags = workgroupUniformLoad(&rescaleFlags); // also publishes P, the next K and this V
+    if (flags[0] + flags[1] + flags[2] + flags[3] != 0u) {
+      o0 = rescaled(o0, sg, lane);
+      if (D > 16u) { o1 = rescaled(o1, sg, lane); }
+      if (D > 32u) { o2 = rescaled(o2, sg, lane); }
+      if (D > 48u) { o3 = rescaled(o3, sg, lane); }
+      if (D > 64u) { o4 = rescaled(o4, sg, lane); }
+      if (D > 80u) { o5 = rescaled(o5, sg, lane); }
+      if (D > 96u) { o6 = rescaled(o6, sg, lane); }
+      if (D > 112u) { o7 = rescaled(o7, sg, lane); }
+    }
     if (jb + 2u < blocks) { nextK = fetchBlock(c0 + 2u * BC, b, g, tid, false); }
     if (jb + 1u < blocks) { nextV = fetchBlock(c0 + BC, b, g, tid, true); }
     let p0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&Ps, sg * 16u * PS, PS);
@@ -255,12 +271,14 @@ fn main(
     if (D > 112u) { o7 = pv(o7, 7u, p0, p1); }
   }
   workgroupBarrier(); // the output pieces below reuse S
+  let total = l + subgroupShuffleXor(l, 1u);
+  let rowLse = m + log(total);
 
   let live = row < T;
   let out = ((b * T + row) * H + h) * D;
-  writePair(0u, o0, o1, sg, lrow, half, out, live);
-  if (D > 32u) { writePair(1u, o2, o3, sg, lrow, half, out, live); }
-  if (D > 64u) { writePair(2u, o4, o5, sg, lrow, half, out, live); }
-  if (D > 96u) { writePair(3u, o6, o7, sg, lrow, half, out, live); }
+  writePair(0u, o0, o1, sg, lrow, half, out, 1.0 / total, live);
+  if (D > 32u) { writePair(1u, o2, o3, sg, lrow, half, out, 1.0 / total, live); }
+  if (D > 64u) { writePair(2u, o4, o5, sg, lrow, half, out, 1.0 / total, live); }
+  if (D > 96u) { writePair(3u, o6, o7, sg, lrow, half, out, 1.0 / total, live); }
   if (live && half == 0u) { lse[(b * H + h) * T + row] = rowLse; }
 }

@@ -88,10 +88,14 @@ Deno.test("flash attention reference backward matches finite differences", () =>
 interface Case extends FlashAttentionShape {
   /** Inputs uniform in [-range, range]: large ranges give peaked softmax rows. */
   range: number;
+  /** Key t scaled by 1 + ramp * t / T: later keys outscore earlier ones, so a row's running max
+   * keeps rising block after block. */
+  ramp?: number;
 }
 
 // Ragged T (none a multiple of the 16, 32 or 64 row tiles), T over two tiles, GQA groups of 1, 2
-// and 4, two sequences in a batch, non-causal, and large scores that test the online softmax.
+// and 4, two sequences in a batch, non-causal, large scores that test the online softmax, and
+// scores that rise along the keys, so that rows' maxima rise many times.
 const CASES: Case[] = [
   { T: 77, H: 4, KVH: 2, D: 64, range: 1 },
   { T: 1, H: 2, KVH: 1, D: 64, range: 1 },
@@ -99,6 +103,8 @@ const CASES: Case[] = [
   { T: 150, H: 2, KVH: 2, D: 64, range: 3 },
   { T: 37, H: 2, KVH: 1, D: 128, range: 1 },
   { B: 2, T: 70, H: 4, KVH: 2, D: 128, range: 2, scale: 0.2 },
+  { T: 200, H: 2, KVH: 1, D: 64, range: 2, ramp: 6 },
+  { B: 2, T: 130, H: 4, KVH: 2, D: 128, range: 1, ramp: 10, scale: 0.4, causal: false },
 ];
 
 async function runCase(gpu: Gpu, variant: FlashAttentionVariant, cs: Case, rng: Rng, backward: boolean) {
@@ -107,10 +113,14 @@ async function runCase(gpu: Gpu, variant: FlashAttentionVariant, cs: Case, rng: 
   const nq = B * T * H * D;
   const nk = B * T * KVH * D;
   const q = roundToF16(rng.uniforms(nq, -cs.range, cs.range));
-  const k = roundToF16(rng.uniforms(nk, -cs.range, cs.range));
+  const kRaw = rng.uniforms(nk, -cs.range, cs.range);
+  for (let i = 0; i < nk; i++) kRaw[i] *= 1 + (cs.ramp ?? 0) * (Math.floor(i / (KVH * D)) % T) / T;
+  const k = roundToF16(kRaw);
   const v = roundToF16(rng.uniforms(nk));
   const dO = roundToF16(rng.uniforms(nq));
-  const label = `${variant} B=${B} T=${T} H=${H} KVH=${KVH} D=${D} causal=${s.causal} range ${cs.range}`;
+  const ramp = cs.ramp ?? 0;
+  const label =
+    `${variant} B=${B} T=${T} H=${H} KVH=${KVH} D=${D} causal=${s.causal} range ${cs.range} ramp ${ramp}`;
   const bufs: GPUBuffer[] = [];
   const keep = (b: GPUBuffer) => (bufs.push(b), b);
   try {
