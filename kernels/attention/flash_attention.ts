@@ -97,6 +97,7 @@ const WORKGROUP_BYTES = {
   },
   backward: {
     portable: 4 * 16 * 128 * 2 + 2 * 16 * 16 * 4 + 2 * 16 * 4,
+    // The larger of dq's (40448) and dk/dv's (44288).
     subgroup_matrix: 64 * 136 * 2 + 2 * 64 * 32 * 4 + 2 * 64 * 40 * 2 + 2 * 32 * 4,
   },
 };
@@ -129,6 +130,10 @@ export function flashAttentionUnsupported(
       return `${caps.adapter} has no f16 16x16x16 subgroup matrices with subgroups of 32`;
     }
     if (D % 16 !== 0) return `head dim D = ${D} must be a multiple of 16 on subgroup matrices`;
+    // The backward's subgroup pairs each take half of D in 16-column fragments, two at a time.
+    if (pass === "backward" && D % 64 !== 0) {
+      return `head dim D = ${D} must be a multiple of 64 for the backward on subgroup matrices`;
+    }
   }
   const need = WORKGROUP_BYTES[pass][variant];
   if (need > caps.limits.maxComputeWorkgroupStorageSize) {

@@ -180,7 +180,10 @@ async function runCase(gpu: Gpu, variant: FlashAttentionVariant, cs: Case, rng: 
       ] as const
     ) {
       const got = await readAs(gpu, buf, "f16", n);
-      assertClose(got, ref, { atol: 5e-3 * rms(ref) + 1e-4, rtol: 1e-2, label: `${label}: ${name}` });
+      // dq sums dS·K with dS rounded to f16 on the tensor-core variant: ramped keys, up to 1 + ramp
+      // times larger, scale that rounding up with them.
+      const grow = name === "dq" ? 1 + ramp : 1;
+      assertClose(got, ref, { atol: 5e-3 * grow * rms(ref) + 1e-4, rtol: 1e-2, label: `${label}: ${name}` });
       const err = relativeError(got, ref);
       if (!(err < 5e-3)) throw new Error(`${label}: ${name} relative error ${err}`);
     }
