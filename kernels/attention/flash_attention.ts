@@ -93,7 +93,7 @@ export const FLASH_ATTENTION_MAX_D = 128;
 const WORKGROUP_BYTES = {
   forward: {
     portable: 3 * 16 * 128 * 2 + 16 * 16 * 4,
-    subgroup_matrix: 64 * 136 * 2 + 64 * 36 * 4 + 64 * 40 * 2,
+    subgroup_matrix: 64 * 136 * 2 + 128 * 36 * 4 + 128 * 40 * 2 + 128 * 4 + 8 * 4,
   },
   backward: {
     portable: 4 * 16 * 128 * 2 + 2 * 16 * 16 * 4 + 2 * 16 * 4,
@@ -182,7 +182,7 @@ export async function flashAttentionForward(enc: Encoder, args: FlashAttentionFo
     shader: variant === "portable" ? FWD : FWD_SUBGROUP_MATRIX,
     constants: { D: args.D },
   });
-  const rows = variant === "portable" ? 16 : 64;
+  const rows = variant === "portable" ? 16 : 128;
   enc.dispatch(pipeline, params(args), [args.q, args.k, args.v, args.o, args.lse], [
     Math.ceil(args.T / rows),
     args.H,

@@ -172,7 +172,9 @@ fn main(
   let h = wg.y;
   let b = wg.z;
   let g = h / (H / p.KVH);
-  let q0 = wg.x * BR;
+  // Last query block first: under the causal mask it has the most keys to walk, so the
+  // longest workgroups start earliest.
+  let q0 = ((T + BR - 1u) / BR - 1u - wg.x) * BR;
   let rg = sg % 4u; // the subgroup's 16 query rows
   let hd = sg / 4u; // 0: S and dq columns 0..D/2-1; 1: dP and columns D/2..D-1
   let DH = D / 2u;

@@ -1,11 +1,12 @@
 // Flash attention forward on subgroup matrices (f16 x f16 -> f32, 16x16x16 tensor-core fragments).
 // Same contract as flash_attention_fwd.wgsl:
 //   q [B,T,H,D], k and v [B,T,KVH,D], o [B,T,H,D] all f16; lse [B,H,T] f32; g = h / (H / KVH).
-// A workgroup of 4 subgroups of 32 takes BR = 64 query rows of one head, 16 rows per subgroup,
-// with the rows' Q fragments in registers, and walks the key/value rows in blocks of BC = 32,
-// staged in workgroup memory one block ahead (the next block's words are read from storage into
-// registers while this block's products run; consecutive invocations write consecutive words,
-// so the staging stores meet no bank conflicts). Per block: S = Q·K^T as fragments, stored to
+// A workgroup of 8 subgroups of 32 takes BR = 128 query rows of one head, 16 rows per subgroup,
+// with the rows' Q fragments in registers (staged in two rounds of 64 rows), and walks the
+// key/value rows in blocks of BC = 32, staged in workgroup memory one block ahead (the next
+// block's words are read from storage into registers while this block's products run;
+// consecutive invocations write consecutive words, so the staging stores meet no bank
+// conflicts). Per block: S = Q·K^T as fragments, stored to
 // workgroup memory; two invocations per query row form P = exp(scale * S - m) in f16 and the
 // row sum l; O += P·V accumulates in result fragments.
 // Fragments cannot be scaled row by row, so the reference max m of a row is raised only when a
@@ -35,7 +36,7 @@ override D: u32 = 128u;
 @group(0) @binding(4) var<storage, read_write> o: array<vec4<f16>>;
 @group(0) @binding(5) var<storage, read_write> lse: array<f32>;
 
-const BR = 64u;
+const BR = 128u;
 const BC = 32u;
 const PAD = 8u;
 const MAXD = 128u;
@@ -44,14 +45,14 @@ const RESCALE_AT = 8.0;
 const SS = BC + 4u; // row stride of S in f32 (16-byte multiple; two invocations per row hit distinct banks)
 const PS = BC + PAD; // row stride of P in f16
 
-// Q (64 rows) before the walks; then K in rows 0..BC-1 and V in rows BC..2BC-1; row stride D + PAD.
+// Q (64 rows at a time) before the walk; then K in rows 0..BC-1 and V in rows BC..2BC-1; row stride D + PAD.
 var<workgroup> KV: array<f16, 2u * BC * (MAXD + PAD)>;
 var<workgroup> S: array<f32, BR * SS>; // scores [query row][kv row]; at the end output pieces
 var<workgroup> Ps: array<f16, BR * PS>; // P of the block, [query row][kv row]
 var<workgroup> rowAlpha: array<f32, BR>; // exp(m_old - m_new) of each row in this block
-var<workgroup> rescaleFlags: array<u32, 4>; // per subgroup: some row's m rose this block
+var<workgroup> rescaleFlags: array<u32, 8>; // per subgroup: some row's m rose this block
 
-const WORDS = BC * MAXD / 2u / 128u; // words of one staged K (or V) block per invocation, at most
+const WORDS = BC * MAXD / 2u / 256u; // words of one staged K (or V) block per invocation, at most
 
 // Word i (of D / 2 per row) of row r of the staging area, as two halves.
 fn putWord(r: u32, i: u32, w: u32) {
@@ -65,8 +66,8 @@ fn putWord(r: u32, i: u32, w: u32) {
 fn fetchBlock(c0: u32, b: u32, g: u32, tid: u32, isV: bool) -> array<u32, WORDS> {
   var out: array<u32, WORDS>;
   let half = D / 2u;
-  for (var j = 0u; j < BC * half / 128u; j++) {
-    let w = tid + j * 128u;
+  for (var j = 0u; j < BC * half / 256u; j++) {
+    let w = tid + j * 256u;
     let t = c0 + w / half;
     var x = 0u;
     if (t < p.T) {
@@ -81,8 +82,8 @@ fn fetchBlock(c0: u32, b: u32, g: u32, tid: u32, isV: bool) -> array<u32, WORDS>
 // Writes fetched words to staging rows row0..row0+BC-1.
 fn putBlock(words: array<u32, WORDS>, row0: u32, tid: u32) {
   let half = D / 2u;
-  for (var j = 0u; j < BC * half / 128u; j++) {
-    let w = tid + j * 128u;
+  for (var j = 0u; j < BC * half / 256u; j++) {
+    let w = tid + j * 256u;
     putWord(row0 + w / half, w % half, words[j]);
   }
 }
@@ -161,11 +162,11 @@ fn writePair(
   workgroupBarrier();
 }
 
-@compute @workgroup_size(128)
+@compute @workgroup_size(256)
 fn main(
   @builtin(workgroup_id) wg: vec3<u32>,
   @builtin(local_invocation_index) tid: u32,
-  @builtin(subgroup_id) sg: u32, // 0..3: subgroups of 32 (the launcher checks the size)
+  @builtin(subgroup_id) sg: u32, // 0..7: subgroups of 32 (the launcher checks the size)
   @builtin(subgroup_invocation_id) lane: u32,
 ) {
   let T = p.T;
@@ -174,31 +175,38 @@ fn main(
   let h = wg.y;
   let b = wg.z;
   let g = h / (H / p.KVH);
-  let q0 = wg.x * BR;
+  // Last query block first: under the causal mask it has the most keys to walk, so the
+  // longest workgroups start earliest.
+  let q0 = ((T + BR - 1u) / BR - 1u - wg.x) * BR;
   let rr = lane / 2u; // this invocation's query row within the subgroup's 16
   let half = lane % 2u; // and which of the row's interleaved columns it takes: half, half + 2, ...
   let lrow = sg * 16u + rr;
   let row = q0 + lrow;
   let causal = p.causal != 0u;
 
-  for (var i = tid; i < BR * D / 2u; i += 128u) {
-    let t = q0 + i / (D / 2u);
-    var w = 0u;
-    if (t < T) { w = q[((b * T + t) * H + h) * (D / 2u) + i % (D / 2u)]; }
-    putWord(i / (D / 2u), i % (D / 2u), w);
-  }
-  workgroupBarrier();
-  let qa = sg * 16u * stride;
-  var f0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&KV, qa, stride);
+  let qa = (sg % 4u) * 16u * stride;
+  var f0 = subgroup_matrix_left<f16, 16, 16>();
   var f1 = f0; var f2 = f0; var f3 = f0; var f4 = f0; var f5 = f0; var f6 = f0; var f7 = f0;
-  if (D > 16u) { f1 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&KV, qa + 16u, stride); }
-  if (D > 32u) { f2 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&KV, qa + 32u, stride); }
-  if (D > 48u) { f3 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&KV, qa + 48u, stride); }
-  if (D > 64u) { f4 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&KV, qa + 64u, stride); }
-  if (D > 80u) { f5 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&KV, qa + 80u, stride); }
-  if (D > 96u) { f6 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&KV, qa + 96u, stride); }
-  if (D > 112u) { f7 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&KV, qa + 112u, stride); }
-  workgroupBarrier();
+  for (var round = 0u; round < 2u; round++) {
+    for (var i = tid; i < 64u * D / 2u; i += 256u) {
+      let t = q0 + round * 64u + i / (D / 2u);
+      var w = 0u;
+      if (t < T) { w = q[((b * T + t) * H + h) * (D / 2u) + i % (D / 2u)]; }
+      putWord(i / (D / 2u), i % (D / 2u), w);
+    }
+    workgroupBarrier();
+    let e0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&KV, qa, stride);
+    var e1 = e0; var e2 = e0; var e3 = e0; var e4 = e0; var e5 = e0; var e6 = e0; var e7 = e0;
+    if (D > 16u) { e1 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&KV, qa + 16u, stride); }
+    if (D > 32u) { e2 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&KV, qa + 32u, stride); }
+    if (D > 48u) { e3 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&KV, qa + 48u, stride); }
+    if (D > 64u) { e4 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&KV, qa + 64u, stride); }
+    if (D > 80u) { e5 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&KV, qa + 80u, stride); }
+    if (D > 96u) { e6 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&KV, qa + 96u, stride); }
+    if (D > 112u) { e7 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&KV, qa + 112u, stride); }
+    if (sg / 4u == round) { f0 = e0; f1 = e1; f2 = e2; f3 = e3; f4 = e4; f5 = e5; f6 = e6; f7 = e7; }
+    workgroupBarrier();
+  }
 
   var kvEnd = T;
   if (causal) { kvEnd = min(q0 + BR, T); }
@@ -247,7 +255,7 @@ fn main(
     if (half == 0u) { rowAlpha[lrow] = alpha; }
     if (lane == 0u) { rescaleFlags[sg] = select(0u, 1u, rescale); }
     let flags = workgroupUniformLoad(&rescaleFlags); // also publishes P, the next K and this V
-    if (flags[0] + flags[1] + flags[2] + flags[3] != 0u) {
+    if (flags[0] + flags[1] + flags[2] + flags[3] + flags[4] + flags[5] + flags[6] + flags[7] != 0u) {
       o0 = rescaled(o0, sg, lane);
       if (D > 16u) { o1 = rescaled(o1, sg, lane); }
       if (D > 32u) { o2 = rescaled(o2, sg, lane); }
