@@ -18,8 +18,7 @@ import fwdCode from "./flash_attention_fwd.wgsl" with { type: "text" };
 import fwdSubgroupMatrixCode from "./flash_attention_fwd_subgroup_matrix.wgsl" with { type: "text" };
 import bwdDqCode from "./flash_attention_bwd_dq.wgsl" with { type: "text" };
 import bwdDkvCode from "./flash_attention_bwd_dkv.wgsl" with { type: "text" };
-import bwdDqSubgroupMatrixCode from "./flash_attention_bwd_dq_subgroup_matrix.wgsl" with { type: "text" };
-import bwdDkvSubgroupMatrixCode from "./flash_attention_bwd_dkv_subgroup_matrix.wgsl" with { type: "text" };
+import bwdSubgroupMatrixCode from "./flash_attention_bwd_subgroup_matrix.wgsl" with { type: "text" };
 
 const FWD = { file: "kernels/attention/flash_attention_fwd.wgsl", code: fwdCode };
 const FWD_SUBGROUP_MATRIX = {
@@ -28,13 +27,10 @@ const FWD_SUBGROUP_MATRIX = {
 };
 const BWD_DQ = { file: "kernels/attention/flash_attention_bwd_dq.wgsl", code: bwdDqCode };
 const BWD_DKV = { file: "kernels/attention/flash_attention_bwd_dkv.wgsl", code: bwdDkvCode };
-const BWD_DQ_SUBGROUP_MATRIX = {
-  file: "kernels/attention/flash_attention_bwd_dq_subgroup_matrix.wgsl",
-  code: bwdDqSubgroupMatrixCode,
-};
-const BWD_DKV_SUBGROUP_MATRIX = {
-  file: "kernels/attention/flash_attention_bwd_dkv_subgroup_matrix.wgsl",
-  code: bwdDkvSubgroupMatrixCode,
+/** Both backward passes on subgroup matrices, entry points `dq` and `dkv`. */
+const BWD_SUBGROUP_MATRIX = {
+  file: "kernels/attention/flash_attention_bwd_subgroup_matrix.wgsl",
+  code: bwdSubgroupMatrixCode,
 };
 
 /** "portable": workgroup tiles, f32 math, no subgroups (runs everywhere); "subgroup_matrix":
@@ -97,8 +93,8 @@ const WORKGROUP_BYTES = {
   },
   backward: {
     portable: 4 * 16 * 128 * 2 + 2 * 16 * 16 * 4 + 2 * 16 * 4,
-    // The larger of dq's (40448) and dk/dv's (44288).
-    subgroup_matrix: 64 * 136 * 2 + 2 * 64 * 32 * 4 + 2 * 64 * 40 * 2 + 2 * 32 * 4,
+    // The dk/dv pass's, the larger of the two.
+    subgroup_matrix: 64 * 136 * 2 + 2 * 64 * 32 * 4 + 2 * 64 * 40 * 2 + 2 * 64 * 4,
   },
 };
 
@@ -199,22 +195,22 @@ export async function flashAttentionBackward(enc: Encoder, args: FlashAttentionB
   const p = params(args);
   const portable = variant === "portable";
   const rows = portable ? 16 : 64;
-  const dqPipeline = await enc.gpu.pipelines.get({
-    shader: portable ? BWD_DQ : BWD_DQ_SUBGROUP_MATRIX,
-    constants: { D: args.D },
-  });
-  enc.dispatch(dqPipeline, p, [args.q, args.k, args.v, args.o, args.dO, args.lse, args.dq, args.delta], [
-    Math.ceil(args.T / rows),
-    args.H,
-    B,
-  ]);
-  const dkvPipeline = await enc.gpu.pipelines.get({
-    shader: portable ? BWD_DKV : BWD_DKV_SUBGROUP_MATRIX,
-    constants: { D: args.D },
-  });
-  enc.dispatch(dkvPipeline, p, [args.q, args.k, args.v, args.dO, args.lse, args.delta, args.dk, args.dv], [
-    Math.ceil(args.T / rows),
-    args.KVH,
-    B,
-  ]);
+  // Both variants bind q, k, v, dO, lse, delta first, then the pass's own two buffers.
+  const shared = [args.q, args.k, args.v, args.dO, args.lse, args.delta];
+  const dqPipeline = await enc.gpu.pipelines.get(
+    portable ? { shader: BWD_DQ, constants: { D: args.D } } : {
+      shader: BWD_SUBGROUP_MATRIX,
+      entry: "dq",
+      constants: { D: args.D },
+    },
+  );
+  enc.dispatch(dqPipeline, p, [...shared, args.o, args.dq], [Math.ceil(args.T / rows), args.H, B]);
+  const dkvPipeline = await enc.gpu.pipelines.get(
+    portable ? { shader: BWD_DKV, constants: { D: args.D } } : {
+      shader: BWD_SUBGROUP_MATRIX,
+      entry: "dkv",
+      constants: { D: args.D },
+    },
+  );
+  enc.dispatch(dkvPipeline, p, [...shared, args.dk, args.dv], [Math.ceil(args.T / rows), args.KVH, B]);
 }

@@ -22,11 +22,11 @@ override D: u32 = 128u;
 @group(0) @binding(1) var<storage, read> q: array<vec4<f16>>;
 @group(0) @binding(2) var<storage, read> k: array<vec4<f16>>;
 @group(0) @binding(3) var<storage, read> v: array<vec4<f16>>;
-@group(0) @binding(4) var<storage, read> o: array<vec4<f16>>;
-@group(0) @binding(5) var<storage, read> dO: array<vec4<f16>>;
-@group(0) @binding(6) var<storage, read> lse: array<f32>;
-@group(0) @binding(7) var<storage, read_write> dq: array<vec4<f16>>;
-@group(0) @binding(8) var<storage, read_write> delta: array<f32>;
+@group(0) @binding(4) var<storage, read> dO: array<vec4<f16>>;
+@group(0) @binding(5) var<storage, read> lse: array<f32>;
+@group(0) @binding(6) var<storage, read_write> delta: array<f32>;
+@group(0) @binding(7) var<storage, read> o: array<vec4<f16>>;
+@group(0) @binding(8) var<storage, read_write> dq: array<vec4<f16>>;
 
 const BR = 16u;
 const BC = 16u;
