@@ -19,6 +19,14 @@ while [ $# -gt 0 ]; do
   esac
 done
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$OUT/gpu.txt" 2>&1 || true
+# The SM clock follows the load (345-1980 MHz on an H100): log it every 100 ms while this runs.
+clock_log=""
+if command -v nvidia-smi > /dev/null; then
+  nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,clocks_event_reasons.active \
+    --format=csv -lms 100 > "$OUT/clocks.csv" 2>&1 &
+  clock_log=$!
+  trap 'kill $clock_log 2> /dev/null' EXIT
+fi
 deno run -A cli/gpus.ts 2>&1 | grep -v '^Warning: max' | tee "$OUT/adapters.txt"
 if [ -n "$tests" ]; then
   # shellcheck disable=SC2086
