@@ -64,7 +64,7 @@ export async function timeGpu(
   const inFlight: Promise<unknown>[] = [];
   const warmPerRep: number[] = [];
   const warmStart = performance.now();
-  for (let round = 0; warmup > 0 && round < 100000; round++) {
+  while (warmup > 0) {
     const enc = new Encoder(gpu, { timed, label: "warmup" });
     const n = repsFor(warmPerRep.at(-1), warmup, maxReps);
     for (let i = 0; i < n; i++) await encodeOnce(enc);

@@ -13,6 +13,7 @@
 
 import type { Binding, Encoder } from "../../engine/encoder.ts";
 import type { Capabilities } from "../../engine/gpu.ts";
+import type { Shader } from "../../engine/pipeline.ts";
 import { hasTensorCores } from "../matmul/matmul.ts";
 import fwdCode from "./flash_attention_fwd.wgsl" with { type: "text" };
 import fwdSubgroupMatrixCode from "./flash_attention_fwd_subgroup_matrix.wgsl" with { type: "text" };
@@ -197,20 +198,21 @@ export async function flashAttentionBackward(enc: Encoder, args: FlashAttentionB
   const rows = portable ? 16 : 64;
   // Both variants bind q, k, v, dO, lse, delta first, then the pass's own two buffers.
   const shared = [args.q, args.k, args.v, args.dO, args.lse, args.delta];
-  const dqPipeline = await enc.gpu.pipelines.get(
-    portable ? { shader: BWD_DQ, constants: { D: args.D } } : {
-      shader: BWD_SUBGROUP_MATRIX,
-      entry: "dq",
-      constants: { D: args.D },
-    },
-  );
-  enc.dispatch(dqPipeline, p, [...shared, args.o, args.dq], [Math.ceil(args.T / rows), args.H, B]);
-  const dkvPipeline = await enc.gpu.pipelines.get(
-    portable ? { shader: BWD_DKV, constants: { D: args.D } } : {
-      shader: BWD_SUBGROUP_MATRIX,
-      entry: "dkv",
-      constants: { D: args.D },
-    },
-  );
-  enc.dispatch(dkvPipeline, p, [...shared, args.dk, args.dv], [Math.ceil(args.T / rows), args.KVH, B]);
+  // The pass's pipeline: the portable shader, or the subgroup-matrix module's entry of that name.
+  const pipeline = (portableShader: Shader, entry: "dq" | "dkv") =>
+    enc.gpu.pipelines.get(
+      portable
+        ? { shader: portableShader, constants: { D: args.D } }
+        : { shader: BWD_SUBGROUP_MATRIX, entry, constants: { D: args.D } },
+    );
+  enc.dispatch(await pipeline(BWD_DQ, "dq"), p, [...shared, args.o, args.dq], [
+    Math.ceil(args.T / rows),
+    args.H,
+    B,
+  ]);
+  enc.dispatch(await pipeline(BWD_DKV, "dkv"), p, [...shared, args.dk, args.dv], [
+    Math.ceil(args.T / rows),
+    args.KVH,
+    B,
+  ]);
 }

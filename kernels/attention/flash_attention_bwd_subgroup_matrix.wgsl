@@ -136,6 +136,21 @@ fn timesStagedT(
   return s;
 }
 
+// Subgroup (rg, hd)'s 16 rows times the block's staged rows of its side (hd 0: rows 0..BLOCK-1,
+// hd 1: rows BLOCK..), transposed: S (S^T) or dP (dP^T), 16 x BLOCK f32 into SD.
+fn storeScores(
+  hd: u32,
+  rg: u32,
+  f0: subgroup_matrix_left<f16, 16, 16>, f1: subgroup_matrix_left<f16, 16, 16>,
+  f2: subgroup_matrix_left<f16, 16, 16>, f3: subgroup_matrix_left<f16, 16, 16>,
+  f4: subgroup_matrix_left<f16, 16, 16>, f5: subgroup_matrix_left<f16, 16, 16>,
+  f6: subgroup_matrix_left<f16, 16, 16>, f7: subgroup_matrix_left<f16, 16, 16>,
+) {
+  let sd = hd * ROWS * BLOCK + rg * 16u * BLOCK;
+  subgroupMatrixStore<row_major>(&SD, sd, timesStagedT(hd * BLOCK, f0, f1, f2, f3, f4, f5, f6, f7), BLOCK);
+  subgroupMatrixStore<row_major>(&SD, sd + 16u, timesStagedT(hd * BLOCK + 16u, f0, f1, f2, f3, f4, f5, f6, f7), BLOCK);
+}
+
 // acc + A·Y[:, col0 .. col0+15] over BLOCK = 32 staged rows y0.. (a0: rows 0..15, a1: 16..31).
 fn times(
   acc: subgroup_matrix_result<f32, 16, 16>,
@@ -246,9 +261,7 @@ fn dq(
       nextV = fetchBlock(c0 + BLOCK, b, g, p.KVH, 2u, tid);
     }
     // hd 0: S against K (staged rows 0..); hd 1: dP against V (staged rows BLOCK..).
-    let sd = hd * ROWS * BLOCK + rg * 16u * BLOCK;
-    subgroupMatrixStore<row_major>(&SD, sd, timesStagedT(hd * BLOCK, f0, f1, f2, f3, f4, f5, f6, f7), BLOCK);
-    subgroupMatrixStore<row_major>(&SD, sd + 16u, timesStagedT(hd * BLOCK + 16u, f0, f1, f2, f3, f4, f5, f6, f7), BLOCK);
+    storeScores(hd, rg, f0, f1, f2, f3, f4, f5, f6, f7);
     workgroupBarrier();
     // dS: invocation tid takes kv column tid % BLOCK of query rows tid / BLOCK + 8i.
     let c = tid % BLOCK;
@@ -354,9 +367,7 @@ fn dkv(
       nextDo = fetchBlock(qn, b, hn, H, 3u, tid);
     }
     // hd 0: S^T against Q (staged rows 0..); hd 1: dP^T against dO (staged rows BLOCK..).
-    let sd = hd * ROWS * BLOCK + rg * 16u * BLOCK;
-    subgroupMatrixStore<row_major>(&SD, sd, timesStagedT(hd * BLOCK, f0, f1, f2, f3, f4, f5, f6, f7), BLOCK);
-    subgroupMatrixStore<row_major>(&SD, sd + 16u, timesStagedT(hd * BLOCK + 16u, f0, f1, f2, f3, f4, f5, f6, f7), BLOCK);
+    storeScores(hd, rg, f0, f1, f2, f3, f4, f5, f6, f7);
     workgroupBarrier();
     // P^T and dS^T: invocation tid takes query column tid % BLOCK of kv rows tid / BLOCK + 8i.
     let c = tid % BLOCK;
