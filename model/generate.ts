@@ -13,7 +13,8 @@
 // Decode step (one token at position n), preallocated buffers, submitted every few layers so that
 // the GPU runs while the CPU encodes the rest:
 //   the linear layers as matrix-vector products (kernels/matvec: the weight read once, 16 bytes per
-//   load), LoRA as u = A16 h (a small matvec) and y = W h + s·B16 u in one pass, the o_proj and down
+//   load), LoRA as u = A16 h (a small matvec; one for q, k, v together and one for gate, up, whose
+//   A16 factors are stacked when the cache model is built) and y = W h + s·B16 u in one pass, the o_proj and down
 //   products added straight into the residual stream (beta 1); rmsnorm, rope, swiglu at T = 1, rope
 //   at position n; v written by its matvec straight into cache row n and k by its rope, decode attention
 //   (kernels/attention/decode_attention.ts) of the one query over rows 0..n, lm_head as an f16
@@ -77,7 +78,24 @@ interface LayerState {
   /** f16 [Tmax, KVH, D] each. */
   k: GPUBuffer;
   v: GPUBuffer;
+  /** The LoRA down-products of q, k, v (input: the attention norm) and of gate, up (the MLP norm),
+   * each group as one product; absent where fewer than two of its projections take it. */
+  attnLora?: LoraGroup;
+  mlpLora?: LoraGroup;
 }
+
+/** The LoRA down-projections of projections that share their input, as one f16 product: a16 holds
+ * the members' A16 [R, in] one after another, and u[offsets[m] ..] receives member m's A·x. */
+interface LoraGroup {
+  a16: GPUBuffer;
+  rows: number;
+  in: number;
+  offsets: Partial<Record<LoraTarget, number>>;
+}
+
+/** Projections that read the same input at T = 1. */
+const ATTN_INPUT: readonly LoraTarget[] = ["q_proj", "k_proj", "v_proj"];
+const MLP_INPUT: readonly LoraTarget[] = ["gate_proj", "up_proj"];
 
 /** Bytes of one dispatch's parameter slot in the decode step's uniform buffer. */
 const PARAM_SLOT_BYTES = 256;
@@ -240,7 +258,7 @@ interface DeviceState {
   g: GPUBuffer; // f16 [I]
   up: GPUBuffer; // f16 [I]
   sw: GPUBuffer; // f16 [I]
-  u: GPUBuffer; // f16 [R] LoRA intermediate
+  u: GPUBuffer; // f16 [3 R] LoRA intermediate (one group's)
   rstd: GPUBuffer; // f32 [1]
   pos: GPUBuffer; // u32 [1]
   part: GPUBuffer; // decode attention workspace for n = Tmax
@@ -354,7 +372,7 @@ export class KvCacheModel {
           g: f16(I, "decode.gate"),
           up: f16(I, "decode.up"),
           sw: f16(I, "decode.swiglu"),
-          u: f16(maxR, "decode.lora_u"),
+          u: f16(3 * maxR, "decode.lora_u"),
           rstd: this.#keep(createBuffer(gpu, 4, "workspace", "decode.rstd")),
           pos: this.#keep(createBuffer(gpu, 4, "workspace", "decode.pos")),
           part: this.#keep(
@@ -383,6 +401,8 @@ export class KvCacheModel {
         fast,
         k: this.#keep(createBuffer(w.gpu, cacheBytes, "activations", `kv.k${w.index}`)),
         v: this.#keep(createBuffer(w.gpu, cacheBytes, "activations", `kv.v${w.index}`)),
+        attnLora: await this.#loraGroup(w.gpu, proj, fast, ATTN_INPUT, `l${w.index}.attn`),
+        mlpLora: await this.#loraGroup(w.gpu, proj, fast, MLP_INPUT, `l${w.index}.mlp`),
       });
     }
     const first = this.#devices[0].gpu;
@@ -411,6 +431,35 @@ export class KvCacheModel {
     } finally {
       this.#logitsRead.unmap();
     }
+  }
+
+  /** One product for the LoRA down-projections of `members` (which share their input): the A16
+   * factors of those with LoRA on the matvec path, copied one after another; undefined for fewer
+   * than two, or where the matvec kernel does not take the stacked shape. */
+  async #loraGroup(
+    gpu: Gpu,
+    proj: Record<LoraTarget, Linear>,
+    fast: Record<LoraTarget, boolean>,
+    members: readonly LoraTarget[],
+    label: string,
+  ): Promise<LoraGroup | undefined> {
+    const with_ = members.filter((m) => fast[m] && proj[m].lora);
+    if (with_.length < 2) return undefined;
+    const inDim = proj[with_[0]].in;
+    const rows = with_.reduce((n, m) => n + proj[m].lora!.R, 0);
+    if (matvecUnsupported(gpu.caps, "f16", { out: rows, in: inDim }) !== undefined) return undefined;
+    const a16 = this.#keep(createBuffer(gpu, rows * inDim * 2, "lora", `${label}.lora_A.f16`));
+    const enc = new Encoder(gpu, { label: `${label} LoRA A` });
+    const offsets: LoraGroup["offsets"] = {};
+    let row = 0;
+    for (const m of with_) {
+      const lora = proj[m].lora!;
+      enc.copy(lora.a16, 0, a16, row * inDim * 2, lora.R * inDim * 2);
+      offsets[m] = row;
+      row += lora.R;
+    }
+    await enc.submit();
+    return { a16, rows, in: inDim, offsets };
   }
 
   /** W' = W + s·B16·A16 into a new f16 weight [out, in]. */
@@ -578,12 +627,24 @@ export class KvCacheModel {
         const p = layer.proj;
         const f = layer.fast;
         await rmsnormForward(enc, { x: dev.x, w: layer.attnNorm, y: dev.h, rstd: dev.rstd, T: 1, C, eps });
-        await linear1(enc, p.q_proj, f.q_proj, dev.h, dev.q, dev.u);
-        await linear1(enc, p.k_proj, f.k_proj, dev.h, dev.k, dev.u);
+        const attnU = await loraGroupProduct(enc, layer.attnLora, dev.h, dev.u);
+        await linear1(enc, p.q_proj, f.q_proj, dev.h, dev.q, dev.u, undefined, 0, attnU.q_proj);
+        await linear1(enc, p.k_proj, f.k_proj, dev.h, dev.k, dev.u, undefined, 0, attnU.k_proj);
         // v goes straight into cache row n where the matvec kernel runs it; k into it through RoPE.
         const rowElems = KVH * D;
-        if (f.v_proj) await linear1(enc, p.v_proj, f.v_proj, dev.h, layer.v, dev.u, undefined, n * rowElems);
-        else {
+        if (f.v_proj) {
+          await linear1(
+            enc,
+            p.v_proj,
+            f.v_proj,
+            dev.h,
+            layer.v,
+            dev.u,
+            undefined,
+            n * rowElems,
+            attnU.v_proj,
+          );
+        } else {
           await linear1(enc, p.v_proj, f.v_proj, dev.h, dev.v, dev.u);
           enc.copy(dev.v, 0, layer.v, n * row, row);
         }
@@ -619,8 +680,9 @@ export class KvCacheModel {
         });
         await linear1(enc, p.o_proj, f.o_proj, dev.o, dev.c, dev.u, dev.x);
         await rmsnormForward(enc, { x: dev.x, w: layer.mlpNorm, y: dev.h, rstd: dev.rstd, T: 1, C, eps });
-        await linear1(enc, p.gate_proj, f.gate_proj, dev.h, dev.g, dev.u);
-        await linear1(enc, p.up_proj, f.up_proj, dev.h, dev.up, dev.u);
+        const mlpU = await loraGroupProduct(enc, layer.mlpLora, dev.h, dev.u);
+        await linear1(enc, p.gate_proj, f.gate_proj, dev.h, dev.g, dev.u, undefined, 0, mlpU.gate_proj);
+        await linear1(enc, p.up_proj, f.up_proj, dev.h, dev.up, dev.u, undefined, 0, mlpU.up_proj);
         await swigluForward(enc, { g: dev.g, u: dev.up, h: dev.sw, n: I });
         await linear1(enc, p.down_proj, f.down_proj, dev.sw, dev.c, dev.u, dev.x);
         if (enc.dispatches >= SUBMIT_AFTER_DISPATCHES) {
@@ -717,10 +779,31 @@ function matvecFits(gpu: Gpu, lin: Linear): boolean {
   return !lin.lora || matvecUnsupported(caps, "f16", { out: R, in: lin.in }) === undefined;
 }
 
+/** u[offsets[m] ..] = A16_m x for every member m of the group, in one product; returns the
+ * offsets (none without a group). */
+async function loraGroupProduct(
+  enc: Encoder,
+  group: LoraGroup | undefined,
+  x: GPUBuffer,
+  u: GPUBuffer,
+): Promise<LoraGroup["offsets"]> {
+  if (!group) return {};
+  await matvec(enc, {
+    w: { kind: "f16", w: group.a16 },
+    out: group.rows,
+    in: group.in,
+    x,
+    y: u,
+    yType: "f16",
+  });
+  return group.offsets;
+}
+
 /** One linear layer at T = 1 on preallocated buffers: y = x W^T (+ s·(x A^T) B^T), written from
  * element yOffset of y on (matvec kernels only). With `addInto` (the residual stream) the result is
  * added into that buffer instead (`y` is then scratch). `fast`: through the matvec kernels
- * (matvecFits), else the general kernels at T = 1. */
+ * (matvecFits), else the general kernels at T = 1. `uOffset` (matvec kernels): x A^T is already in
+ * u from that element on (loraGroupProduct). */
 async function linear1(
   enc: Encoder,
   lin: Linear,
@@ -730,11 +813,14 @@ async function linear1(
   u: GPUBuffer,
   addInto?: GPUBuffer,
   yOffset = 0,
+  uOffset?: number,
 ): Promise<void> {
-  if (yOffset !== 0 && !fast) throw new Error("linear1: an output offset needs the matvec kernels");
+  if ((yOffset !== 0 || uOffset !== undefined) && !fast) {
+    throw new Error("linear1: an output offset or a shared LoRA product needs the matvec kernels");
+  }
   if (fast) {
     const lora = lin.lora;
-    if (lora) {
+    if (lora && uOffset === undefined) {
       await matvec(enc, { w: { kind: "f16", w: lora.a16 }, out: lora.R, in: lin.in, x, y: u, yType: "f16" });
     }
     await matvec(enc, {
@@ -747,7 +833,7 @@ async function linear1(
       yType: "f16",
       beta: addInto ? 1 : 0,
       K2: lora?.R,
-      second: lora ? { w: lora.b16, x: u, alpha: lora.scale } : undefined,
+      second: lora ? { w: lora.b16, x: u, alpha: lora.scale, xOffset: uOffset } : undefined,
     });
     return;
   }

@@ -4,8 +4,8 @@
 //   y[o] = alpha · Σ_i W[o, i] x[i] + alpha2 · Σ_k W2[o, k] x2[k] + beta · y[o]      (o < out)
 // W is NF4 (the GPU layout of kernels/nf4/nf4.ts, dequantized on the fly; in % 32 == 0) or f16
 // [out, in] row-major (in % 8 == 0). The optional second product W2 x2 (W2 f16 [out, K2], x2 f16
-// [K2], any K2) carries a LoRA up-projection s·B·u into the same pass; beta 1 adds into y (a
-// residual stream). f32 accumulation; y f16 or f32; beta 0 never reads y.
+// [K2], any K2, from element x2Offset of its buffer) carries a LoRA up-projection s·B·u into the
+// same pass; beta 1 adds into y (a residual stream). f32 accumulation; y f16 or f32; beta 0 never reads y.
 //
 // Dimension letters: in and out the weight's [out, in] shape, K2 the second product's width.
 //   x  f16 [in]   (16-byte loads)      W2 f16 [out, K2]      x2 f16 [K2]      y  f16|f32 [out]
@@ -93,8 +93,10 @@ export interface MatvecArgs extends MatvecShape {
   yType: "f16" | "f32";
   alpha?: number;
   beta?: number;
-  /** y += alpha2 · W2 x2 in the same pass (e.g. a LoRA up-projection: W2 = B16, x2 = u, alpha2 = s). */
-  second?: { w: Binding; x: Binding; alpha: number };
+  /** y += alpha2 · W2 x2 in the same pass (e.g. a LoRA up-projection: W2 = B16, x2 = u, alpha2 = s),
+   * x2 from element xOffset (default 0) of `x` (e.g. one projection's share of a u that several
+   * projections' down-products filled in one product). */
+  second?: { w: Binding; x: Binding; alpha: number; xOffset?: number };
   variant?: MatvecVariant;
 }
 
@@ -181,7 +183,11 @@ export async function matvec(enc: Encoder, args: MatvecArgs): Promise<void> {
   }
   if (args.second) {
     need("second.w", args.second.w, out * K2 * 2);
-    need("second.x", args.second.x, K2 * 2);
+    const xOffset = args.second.xOffset ?? 0;
+    if (!Number.isInteger(xOffset) || xOffset < 0) {
+      throw new RangeError(`${where}: second.xOffset = ${xOffset} must be a whole number >= 0`);
+    }
+    need("second.x", args.second.x, (xOffset + K2) * 2);
   }
   const pipeline = await enc.gpu.pipelines.get({
     shader: SHADERS[w.kind][variant]!,
@@ -189,10 +195,10 @@ export async function matvec(enc: Encoder, args: MatvecArgs): Promise<void> {
     constants: w.kind === "nf4" ? { TEAM: nf4Team(inDim) } : { LANES: f16Lanes(out, inDim) },
   });
   const g = grid(enc.gpu, Math.ceil(out / matvecRowsPerWorkgroup(w.kind, out, inDim)));
-  const params = new ArrayBuffer(32);
+  const params = new ArrayBuffer(48);
   new Uint32Array(params, 0, 4).set([out, inDim, K2, g[0]]);
   new Float32Array(params, 16, 3).set([args.alpha ?? 1, args.second?.alpha ?? 0, args.beta ?? 0]);
-  new Uint32Array(params, 28, 1)[0] = yOffset;
+  new Uint32Array(params, 28, 2).set([yOffset, args.second?.xOffset ?? 0]);
   // Without a second product its two bindings take x (read-only, never read).
   const w2 = args.second?.w ?? args.x;
   const x2 = args.second?.x ?? args.x;

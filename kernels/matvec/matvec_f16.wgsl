@@ -1,7 +1,7 @@
 // Matrix-vector product with an f16 weight, portable variant (no subgroups):
-//   y[p.y_off + o] = alpha * sum_i W[o, i] x[i] + alpha2 * sum_k W2[o, k] x2[k] + beta * y[p.y_off + o]   (o < OUT)
+//   y[p.y_off + o] = alpha * sum_i W[o, i] x[i] + alpha2 * sum_k W2[o, k] x2[p.x2_off + k] + beta * y[p.y_off + o]   (o < OUT)
 // W f16 [OUT, IN] row-major with IN % 8 == 0, read 16 bytes (8 values) at a time; x f16 [IN];
-// W2 f16 [OUT, K2] row-major (K2 = 0: no second product), x2 f16 [K2].
+// W2 f16 [OUT, K2] row-major (K2 = 0: no second product), x2 f16 [x2_off + K2].
 // A lane group of LANES (32..256) threads computes one row: lane l reads the 16-byte words l,
 // l + LANES, ... of the row (a group reads LANES * 16 contiguous bytes per step), f32 partial sums, a workgroup-memory tree
 // reduction. 256 / LANES rows per workgroup of 256. beta 0 never reads y.
@@ -16,6 +16,7 @@ struct Params {
   alpha2: f32,
   beta: f32,
   y_off: u32, // elements of y before row 0
+  x2_off: u32, // elements of x2 before its first
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -59,7 +60,7 @@ fn row_main(o: u32, lane: u32) -> f32 {
 fn row_second(o: u32, lane: u32) -> f32 {
   var acc = 0.0;
   let base = o * p.K2;
-  for (var k = lane; k < p.K2; k += LANES) { acc = fma(f32(w2[base + k]), f32(x2[k]), acc); }
+  for (var k = lane; k < p.K2; k += LANES) { acc = fma(f32(w2[base + k]), f32(x2[p.x2_off + k]), acc); }
   return acc;
 }
 

@@ -1,10 +1,10 @@
 // Matrix-vector product with an NF4 weight (kernels/nf4 layout), portable (no subgroups):
-//   y[p.y_off + o] = alpha * sum_i W[o, i] x[i] + alpha2 * sum_k W2[o, k] x2[k] + beta * y[p.y_off + o]   (o < OUT)
+//   y[p.y_off + o] = alpha * sum_i W[o, i] x[i] + alpha2 * sum_k W2[o, k] x2[p.x2_off + k] + beta * y[p.y_off + o]   (o < OUT)
 // W NF4 [OUT, IN] with IN % 32 == 0: row o is the 16-byte code words o*NW .. o*NW + NW - 1
 // (NW = IN / 32, 32 codes each, element 2k in the HIGH nibble of byte k), and a word lies inside
 // one 64-block: absmax[b] = dynmap[absmax code b] * nested[1 + b / 256] + nested[0];
 // W[o, i] = NF4[code] * absmax. W2 f16 [OUT, K2] row-major (K2 = 0: no second product),
-// x f16 [IN], x2 f16 [K2].
+// x f16 [IN], x2 f16 [x2_off + K2].
 //
 // Work split: a team of TEAM threads (a power of two, 32..256) computes RPT = 4 consecutive rows;
 // 256 / TEAM teams per workgroup. Thread t of a team owns the word pairs (2q, 2q + 1) of every row
@@ -29,6 +29,7 @@ struct Params {
   alpha2: f32,
   beta: f32,
   y_off: u32, // elements of y before row 0
+  x2_off: u32, // elements of x2 before its first
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -149,7 +150,7 @@ fn rows4(r: vec4<u32>, t: u32) -> vec4<f32> {
     let b = r * p.K2;
     for (var k = t; k < p.K2; k += TEAM) {
       let w = vec4<f32>(f32(w2[b.x + k]), f32(w2[b.y + k]), f32(w2[b.z + k]), f32(w2[b.w + k]));
-      s2 = fma(w, vec4<f32>(f32(x2[k])), s2);
+      s2 = fma(w, vec4<f32>(f32(x2[p.x2_off + k])), s2);
     }
     acc = fma(vec4<f32>(p.alpha2), s2, acc);
   }

@@ -37,13 +37,27 @@ interface Case {
   wOffset?: number;
   /** Elements of y before the output. */
   yOffset?: number;
+  /** Elements (NaN) of x2's buffer before x2. */
+  x2Offset?: number;
 }
 
 const CASES: Case[] = [
   { kind: "nf4", out: 77, in: 96, yType: "f16", alpha: 1, beta: 0, K2: 0, xScale: 1 },
   { kind: "nf4", out: 300, in: 1056, yType: "f32", alpha: 0.7, beta: 1, K2: 5, xScale: 200 },
   // Teams of 64 (4 per workgroup, 16 rows), one block per word pair, a LoRA-sized second product.
-  { kind: "nf4", out: 37, in: 4096, yType: "f16", alpha: 1, beta: 1, K2: 64, xScale: 1, yOffset: 37 * 3 },
+  // x2 from element 128 of its buffer (a projection's share of a u shared by three).
+  {
+    kind: "nf4",
+    out: 37,
+    in: 4096,
+    yType: "f16",
+    alpha: 1,
+    beta: 1,
+    K2: 64,
+    xScale: 1,
+    yOffset: 37 * 3,
+    x2Offset: 128,
+  },
   // Teams of 256 with two passes over the row (257 word pairs).
   { kind: "nf4", out: 9, in: 16448, yType: "f32", alpha: 1, beta: 0, K2: 3, xScale: 2 },
   { kind: "f16", out: 45, in: 200, yType: "f16", alpha: 1, beta: 1, K2: 64, xScale: 1 },
@@ -51,7 +65,18 @@ const CASES: Case[] = [
   // Few rows, spread over more lanes: 256 per row (LoRA's A·x, R = 64, in 4096), 128 per row with a
   // ragged last step, and 2048 rows at the lane switch back to 32.
   { kind: "f16", out: 64, in: 4096, yType: "f16", alpha: 1, beta: 0, K2: 0, xScale: 1 },
-  { kind: "f16", out: 7, in: 2064, yType: "f32", alpha: 1, beta: 1, K2: 9, xScale: 1, yOffset: 5 },
+  {
+    kind: "f16",
+    out: 7,
+    in: 2064,
+    yType: "f32",
+    alpha: 1,
+    beta: 1,
+    K2: 9,
+    xScale: 1,
+    yOffset: 5,
+    x2Offset: 3,
+  },
   { kind: "f16", out: 2048, in: 64, yType: "f16", alpha: 1, beta: 0, K2: 0, xScale: 1 },
 ];
 
@@ -98,8 +123,16 @@ async function runCase(gpu: Gpu, c: Case, variant: MatvecVariant, seed: number):
       writeBuffer(gpu, y, new Uint8Array(host.buffer));
     }
     const xb = keep(uploadF16(gpu, x));
+    const x2Off = c.x2Offset ?? 0;
+    const x2Buf = new Float64Array(x2Off + c.K2).fill(NaN);
+    x2Buf.set(x2, x2Off);
     const second = c.K2 > 0
-      ? { w: keep(uploadF16(gpu, w2)), x: keep(uploadF16(gpu, x2)), alpha: 1.5 }
+      ? {
+        w: keep(uploadF16(gpu, w2)),
+        x: keep(uploadF16(gpu, x2Buf)),
+        alpha: 1.5,
+        xOffset: x2Off || undefined,
+      }
       : undefined;
     const enc = new Encoder(gpu, { label: "matvec test" });
     await matvec(enc, {

@@ -98,24 +98,16 @@ fn max4(v: vec4<f32>) -> f32 {
   return max(max(v.x, v.y), max(v.z, v.w));
 }
 
-/** Approximately how many entries of a map's positive part lie below a > 0. Decade d = 0..6 of the
- * part holds 2^(d + shift) entries 10^(d-6) * (0.1 + (j + 0.5) * 0.9 / 2^(d + shift)) (shift 0 for
- * the signed map, 1 for the unsigned), after 2^(d + shift) - 1 - shift entries of lower decades. */
+/** Approximately how many entries of a map's positive part lie below 0 <= a <= 1. Decade d = 0..6
+ * of the part holds 2^(d + shift) entries 10^(d-6) * (0.1 + (j + 0.5) * 0.9 / 2^(d + shift))
+ * (shift 0 for the signed map, 1 for the unsigned), after 2^(d + shift) - 1 - shift entries of
+ * lower decades. The decade comes from log2 and 10^(6 - d) from exp2, both approximate: a value
+ * near a decade's edge may land in the neighbouring decade, where the clamped position in the
+ * decade gives the same count or one off, and `quantize` steps to the exact count. */
 fn positive_rank(a: f32, shift: u32) -> i32 {
-  var d = 0u;
-  var inv = 1e6; // 1 / 10^(d - 6)
-  d = select(d, 1u, a >= 1e-6);
-  inv = select(inv, 1e5, a >= 1e-6);
-  d = select(d, 2u, a >= 1e-5);
-  inv = select(inv, 1e4, a >= 1e-5);
-  d = select(d, 3u, a >= 1e-4);
-  inv = select(inv, 1e3, a >= 1e-4);
-  d = select(d, 4u, a >= 1e-3);
-  inv = select(inv, 1e2, a >= 1e-3);
-  d = select(d, 5u, a >= 1e-2);
-  inv = select(inv, 1e1, a >= 1e-2);
-  d = select(d, 6u, a >= 1e-1);
-  inv = select(inv, 1.0, a >= 1e-1);
+  let df = clamp(floor(log2(a) * 0.30103) + 7.0, 0.0, 6.0);
+  let d = u32(df);
+  let inv = exp2((6.0 - df) * 3.3219281);
   let count = 1u << (d + shift);
   let c = f32(count);
   let j = clamp(ceil((a * inv - 0.1) * c * (1.0 / 0.9) - 0.5), 0.0, c);
