@@ -434,8 +434,9 @@ export class KvCacheModel {
   }
 
   /** One product for the LoRA down-projections of `members` (which share their input): the A16
-   * factors of those with LoRA on the matvec path, copied one after another; undefined for fewer
-   * than two, or where the matvec kernel does not take the stacked shape. */
+   * factors of those with LoRA, copied one after another; undefined for fewer than two, where one
+   * of them is off the matvec path (its own A product would overwrite u), or where the matvec
+   * kernel does not take the stacked shape. */
   async #loraGroup(
     gpu: Gpu,
     proj: Record<LoraTarget, Linear>,
@@ -443,8 +444,8 @@ export class KvCacheModel {
     members: readonly LoraTarget[],
     label: string,
   ): Promise<LoraGroup | undefined> {
-    const with_ = members.filter((m) => fast[m] && proj[m].lora);
-    if (with_.length < 2) return undefined;
+    const with_ = members.filter((m) => proj[m].lora);
+    if (with_.length < 2 || with_.some((m) => !fast[m])) return undefined;
     const inDim = proj[with_[0]].in;
     const rows = with_.reduce((n, m) => n + proj[m].lora!.R, 0);
     if (matvecUnsupported(gpu.caps, "f16", { out: rows, in: inDim }) !== undefined) return undefined;
