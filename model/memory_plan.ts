@@ -1,10 +1,12 @@
 // Predicted GPU bytes of one training step of model/llama.ts on one device, from the shapes alone:
 // resident weights, LoRA (f32 masters and gradients, f16 copies), optimizer state, and the peak of
 // the step (all block inputs kept by the recomputation checkpoints, plus the larger of the head's
-// cross-entropy workspace and one block's recomputed activations with their gradients).
+// cross-entropy workspace and one block's recomputed activations with their gradients, and the
+// matmul launcher's split-K workspace where LoRA's rank-R products split).
 
 import { nf4Counts } from "../kernels/nf4/nf4_ref.ts";
 import { CROSS_ENTROPY_DEFAULT_CHUNK } from "../kernels/cross_entropy/cross_entropy.ts";
+import { matmulSplitK, SPLIT_K_WORKSPACE_BYTES } from "../kernels/matmul/matmul.ts";
 import { moduleShape } from "./llama.ts";
 import { ALL_LORA_TARGETS, type BaseFormat, type LlamaConfig, type LoraTarget } from "./types.ts";
 
@@ -42,8 +44,16 @@ export function planMemory(p: MemoryPlanInput): MemoryPlan {
   let weights = pad(V * C * 2) * (cfg.tieWordEmbeddings ? 1 : 2) + (2 * L + 1) * pad(C * 2) + pad(D * 2);
   let lora = 0;
   let loraParams = 0;
+  let splits = false;
   for (const m of ALL_LORA_TARGETS) {
     const [out, inDim] = moduleShape(cfg, m);
+    if (p.targets.includes(m)) {
+      // U = X A^T, dU = dY B, dB = dY^T U, dA = dU^T X, on either matmul variant.
+      const products = [[T, R, inDim], [T, R, out], [out, R, T], [R, inDim, T]];
+      for (const v of ["tiled", "subgroup_matrix"] as const) {
+        for (const [M, N, K] of products) splits ||= matmulSplitK(M, N, K, v).S > 1;
+      }
+    }
     if (p.baseFormat === "f16") weights += L * pad(out * inDim * 2);
     else {
       const { n, blocks, nested } = nf4Counts(out, inDim);
@@ -70,7 +80,8 @@ export function planMemory(p: MemoryPlanInput): MemoryPlan {
   const chunk = p.ceChunk ?? Math.min(CROSS_ENTROPY_DEFAULT_CHUNK, Math.ceil(V / 128) * 128);
   const head = T * C * 2 * 4 /* output, normed, its grad, dx */ + T * chunk * 6 + T * 16 + T * 8 + T * C * 4 +
     T * 4 + 8;
-  const transient = Math.max(block, head) + T * 4 * 2 /* positions, labels */;
+  const transient = Math.max(block, head) + T * 4 * 2 /* positions, labels */ +
+    (splits ? SPLIT_K_WORKSPACE_BYTES : 0);
   return {
     weights,
     lora,

@@ -20,21 +20,30 @@
 // Forward (`loraForward`):
 //   1. Xd = dropout(X)                          lora_dropout.wgsl             (p > 0 only; else Xd = X)
 //   2. U[T,R] = Xd · A16^T                      matmul nt, f16 out
-//   3. Y[T,out] = X · deq(W)^T  or  X · W16^T   nf4Matmul fwd / matmul nt, beta 0
-//   4. Y += s · U · B16^T                       matmul nt, alpha s, beta 1
+//   3. Y[T,out] = X · deq(W)^T + s · U · B16^T  nf4Matmul fwd with U, B16 as its low-rank term
+//      (f16 base, or an R the tensor-core NF4 kernel does not take: the base product, then
+//      Y += s · U · B16^T as matmul nt, alpha s, beta 1)
 // Backward (`loraBackward`, U from the forward):
 //   1. dB[out,R] = s · dY^T · U                 matmul tn, f32 out (beta 1 with accumulate)
 //   2. dU[T,R] = s · dY · B16                   matmul nn, f16 out
 //   3. Xd = dropout(X) again                    lora_dropout.wgsl             (p > 0 only)
 //   4. dA[R,in] = dU^T · Xd                     matmul tn, f32 out (beta 1 with accumulate)
-//   5. dX = dY · deq(W)  or  dY · W16           nf4Matmul dx / matmul nn (beta 1 with accumulateDx)
-//   6. p = 0: dX += dU · A16                    matmul nn, beta 1
-//      p > 0: G = dU · A16; dX += mask · G / (1 - p)   matmul nn f32 out, lora_dropout_backward.wgsl
+//   5. p = 0: dX = dY · deq(W) + dU · A16       nf4Matmul dx with dU, A16 as its low-rank term
+//      (beta 1 with accumulateDx; unfused as in the forward: dY · deq(W) or dY · W16, then
+//      dX += dU · A16 as matmul nn, beta 1)
+//      p > 0: dX = dY · deq(W) or dY · W16; G = dU · A16; dX += mask · G / (1 - p)
+//      nf4Matmul dx / matmul nn, matmul nn f32 out, lora_dropout_backward.wgsl
 
 import type { Binding, Encoder } from "../../engine/encoder.ts";
 import type { Gpu } from "../../engine/gpu.ts";
 import { matmul } from "../matmul/matmul.ts";
-import { nf4Matmul, type Nf4Weight } from "../nf4/nf4.ts";
+import {
+  type Nf4LowRank,
+  nf4Matmul,
+  nf4MatmulUnsupported,
+  type Nf4Weight,
+  pickNf4MatmulVariant,
+} from "../nf4/nf4.ts";
 import castCode from "./lora_cast.wgsl" with { type: "text" };
 import dropoutCode from "./lora_dropout.wgsl" with { type: "text" };
 import dropoutBackwardCode from "./lora_dropout_backward.wgsl" with { type: "text" };
@@ -165,6 +174,15 @@ function needsDropout(s: LoraShape): boolean {
   return (s.dropout?.p ?? 0) > 0;
 }
 
+/** Whether the NF4 kernel takes the low-rank term on the variant it would run the plain product on
+ * (an R the tensor-core kernel cannot take keeps the base on tensor cores, unfused). */
+function fusesLowRank(gpu: Gpu, w: Nf4Weight, R: number): boolean {
+  const variant = pickNf4MatmulVariant(gpu.caps, w);
+  return nf4MatmulUnsupported(gpu.caps, { out: w.out, in: w.in, R }, variant) === undefined;
+}
+
+/** The base product; with `lowRank` (the NF4 base only, where fusesLowRank) the low-rank term in
+ * the same pass. Returns whether it took the low-rank term. */
 async function baseProduct(
   enc: Encoder,
   base: LoraBase,
@@ -174,19 +192,23 @@ async function baseProduct(
   s: LoraShape,
   out: "f16" | "f32",
   beta: number,
-): Promise<void> {
+  lowRank?: Nf4LowRank,
+): Promise<boolean> {
   if (base.kind === "nf4") {
     if (base.w.in !== s.in || base.w.out !== s.out) {
       throw new RangeError(
         `LoRA base NF4 weight is [${base.w.out}, ${base.w.in}], the layer [${s.out}, ${s.in}]`,
       );
     }
-    await nf4Matmul(enc, { x, w: base.w, y, T: s.T, mode, out, beta });
+    const fused = lowRank !== undefined && fusesLowRank(enc.gpu, base.w, lowRank.R);
+    await nf4Matmul(enc, { x, w: base.w, y, T: s.T, mode, out, beta, lowRank: fused ? lowRank : undefined });
+    return fused;
   } else if (mode === "fwd") {
     await matmul(enc, { a: x, b: base.w, c: y, M: s.T, N: s.out, K: s.in, layout: "nt", out, beta });
   } else {
     await matmul(enc, { a: x, b: base.w, c: y, M: s.T, N: s.in, K: s.out, layout: "nn", out, beta });
   }
+  return false;
 }
 
 /** Encodes the forward (see the launch sequence above). */
@@ -200,7 +222,8 @@ export async function loraForward(enc: Encoder, args: LoraForwardArgs): Promise<
     xd = args.xd;
   }
   await matmul(enc, { a: xd, b: args.a16, c: args.u, M: T, N: R, K: args.in, layout: "nt", out: "f16" });
-  await baseProduct(enc, args.base, "fwd", args.x, args.y, args, args.yType, 0);
+  const lowRank = { u: args.u, f: args.b16, R, scale: args.scale };
+  if (await baseProduct(enc, args.base, "fwd", args.x, args.y, args, args.yType, 0, lowRank)) return;
   await matmul(enc, {
     a: args.u,
     b: args.b16,
@@ -263,8 +286,10 @@ export async function loraBackward(enc: Encoder, args: LoraBackwardArgs): Promis
     out: "f32",
     beta: gradBeta,
   });
-  await baseProduct(enc, args.base, "dx", args.dy, args.dx, args, args.dxType, args.accumulateDx ? 1 : 0);
+  const dxBeta = args.accumulateDx ? 1 : 0;
   if (!dropout) {
+    const lowRank = { u: args.du, f: args.a16, R, scale: 1 };
+    if (await baseProduct(enc, args.base, "dx", args.dy, args.dx, args, args.dxType, dxBeta, lowRank)) return;
     await matmul(enc, {
       a: args.du,
       b: args.a16,
@@ -278,6 +303,7 @@ export async function loraBackward(enc: Encoder, args: LoraBackwardArgs): Promis
     });
     return;
   }
+  await baseProduct(enc, args.base, "dx", args.dy, args.dx, args, args.dxType, dxBeta);
   await matmul(enc, {
     a: args.du,
     b: args.a16,

@@ -67,10 +67,10 @@ async function runCase(gpu: Gpu, kind: LoraBase["kind"], s: LoraRefShape, rng: R
     await loraForward(fwd, { ...shape, x: xBuf, base, a16: a16Buf, b16: b16Buf, u, xd, y, yType: "f16" });
     const forwardDispatches = fwd.dispatches - before;
     await fwd.submit();
-    if (s.p === 0 && forwardDispatches !== 3) {
-      throw new Error(
-        `p = 0 should take the path without dropout: ${forwardDispatches} dispatches, expected 3`,
-      );
+    // p = 0 takes the path without dropout; an NF4 base takes s·U·B16^T into its own pass.
+    const expected = kind === "nf4" ? 2 : 3;
+    if (s.p === 0 && forwardDispatches !== expected) {
+      throw new Error(`${kind} base, p = 0: ${forwardDispatches} forward dispatches, expected ${expected}`);
     }
     const bwd = new Encoder(gpu);
     await loraBackward(bwd, {
@@ -90,7 +90,14 @@ async function runCase(gpu: Gpu, kind: LoraBase["kind"], s: LoraRefShape, rng: R
       dx,
       dxType: "f32",
     });
+    const backwardDispatches = bwd.dispatches;
     await bwd.submit();
+    // dB, dU, dA, then dX with dU · A16 in the NF4 product's own pass.
+    if (s.p === 0 && backwardDispatches !== expected + 2) {
+      throw new Error(
+        `${kind} base, p = 0: ${backwardDispatches} backward dispatches, expected ${expected + 2}`,
+      );
+    }
     const label = `${kind} T=${T} in=${s.in} out=${s.out} R=${R} p=${s.p}`;
     const ref = loraForwardRef(x, w, a16, b16, s);
     const gotU = await readAs(gpu, u, "f16", T * R);

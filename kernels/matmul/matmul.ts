@@ -3,14 +3,68 @@
 // subgroup matrices (tensor cores) where the adapter has them.
 //
 // Dimension letters: M rows of C, N columns of C, K the reduced dimension.
+//
+// Split K: a product with few output tiles and a long K (LoRA's rank-R products, e.g. U[T,R] =
+// X A^T or dB[out,R] = dY^T U, whose T or K runs to thousands) would leave most of the GPU idle, so
+// its K is cut into S splits run as S times the workgroups, each writing an f32 partial C into a
+// per-device workspace (SPLIT_K_WORKSPACE_BYTES, made on first use), and a second pass sums them
+// in order into C with alpha and beta (matmul_split_k_reduce.wgsl).
 
 import type { Binding, Encoder } from "../../engine/encoder.ts";
 import type { Capabilities } from "../../engine/gpu.ts";
+import { createBuffer } from "../../engine/buffers.ts";
+import type { Gpu } from "../../engine/gpu.ts";
 import tiledCode from "./matmul_tiled.wgsl" with { type: "text" };
+import reduceCode from "./matmul_split_k_reduce.wgsl" with { type: "text" };
 import subgroupMatrixCode from "./matmul_subgroup_matrix.wgsl" with { type: "text" };
 
 const TILED = { file: "kernels/matmul/matmul_tiled.wgsl", code: tiledCode };
 const SUBGROUP_MATRIX = { file: "kernels/matmul/matmul_subgroup_matrix.wgsl", code: subgroupMatrixCode };
+const REDUCE = { file: "kernels/matmul/matmul_split_k_reduce.wgsl", code: reduceCode };
+
+/** Bytes of each device's workspace of split-K partials: S * M * N * 4 never exceeds it. */
+export const SPLIT_K_WORKSPACE_BYTES = 8 * 2 ** 20;
+/** A product splits only with K >= SPLIT_K_MIN_K (shorter ones take microseconds either way) and
+ * below SPLIT_K_WORKGROUPS output tiles, into about as many splits as bring it there, each reducing
+ * at least SPLIT_K_MIN elements of K. */
+const SPLIT_K_MIN_K = 2048;
+const SPLIT_K_MIN = 256;
+const SPLIT_K_WORKGROUPS = 256;
+/** K per split is a multiple of this (the K step of both kernels divides it). */
+const SPLIT_K_ALIGN = 32;
+
+/** Output tile edge of each variant. */
+const TILE: Record<MatmulVariant, number> = { tiled: 64, subgroup_matrix: 128 };
+
+/** K elements per split and the number of splits of an M x N x K product on `variant` (one split:
+ * KS >= K). */
+export function matmulSplitK(
+  M: number,
+  N: number,
+  K: number,
+  variant: MatmulVariant,
+): { KS: number; S: number } {
+  const tiles = Math.ceil(M / TILE[variant]) * Math.ceil(N / TILE[variant]);
+  const want = Math.min(
+    Math.ceil(SPLIT_K_WORKGROUPS / tiles),
+    Math.floor(K / SPLIT_K_MIN),
+    Math.floor(SPLIT_K_WORKSPACE_BYTES / (M * N * 4)),
+  );
+  if (K < SPLIT_K_MIN_K || tiles >= SPLIT_K_WORKGROUPS || want < 2) return { KS: Math.max(K, 1), S: 1 };
+  const KS = Math.ceil(K / want / SPLIT_K_ALIGN) * SPLIT_K_ALIGN;
+  return { KS, S: Math.ceil(K / KS) };
+}
+
+const workspaces = new WeakMap<Gpu, GPUBuffer>();
+
+function splitKWorkspace(gpu: Gpu): GPUBuffer {
+  let w = workspaces.get(gpu);
+  if (!w) {
+    w = createBuffer(gpu, SPLIT_K_WORKSPACE_BYTES, "workspace", "matmul split-K partials");
+    workspaces.set(gpu, w);
+  }
+  return w;
+}
 
 /** Which operand is stored transposed:
  * - "nt": C[M,N] = A[M,K] · B[N,K]^T, the forward Y = X W^T of a linear layer (W is [out, in]);
@@ -89,22 +143,42 @@ export async function matmul(enc: Encoder, args: MatmulArgs): Promise<void> {
   const why = matmulUnsupported(enc.gpu.caps, args, variant);
   if (why) throw new Error(`matmul ${layout} ${M}x${N}x${K} on ${variant}: ${why}`);
   const t = TRANSPOSED[layout];
-  const pipeline = await enc.gpu.pipelines.get({
-    shader: variant === "tiled" ? TILED : SUBGROUP_MATRIX,
-    constants: { A_TRANS: t.a ? 1 : 0, B_TRANS: t.b ? 1 : 0 },
-    substitutions: variant === "tiled" ? { ACC: acc, OUT: args.out } : {
-      ACC: acc,
-      OUT: args.out,
-      A_LAYOUT: t.a ? "col_major" : "row_major",
-      B_LAYOUT: t.b ? "col_major" : "row_major",
-    },
-  });
-  const params = new ArrayBuffer(20);
+  const tile = TILE[variant];
+  const groups = [Math.ceil(N / tile), Math.ceil(M / tile)] as const;
+  const { KS, S } = matmulSplitK(M, N, K, variant);
+  const alpha = args.alpha ?? 1;
+  const beta = args.beta ?? 0;
+  const params = new ArrayBuffer(24);
   new Uint32Array(params, 0, 3).set([M, N, K]);
-  new Float32Array(params, 12, 2).set([args.alpha ?? 1, args.beta ?? 0]);
-  const tile = variant === "tiled" ? 64 : 128;
-  enc.dispatch(pipeline, new Uint8Array(params), [args.a, args.b, args.c], [
-    Math.ceil(N / tile),
-    Math.ceil(M / tile),
-  ]);
+  new Uint32Array(params, 20, 1)[0] = KS;
+  const product = (out: "f16" | "f32") =>
+    enc.gpu.pipelines.get({
+      shader: variant === "tiled" ? TILED : SUBGROUP_MATRIX,
+      constants: { A_TRANS: t.a ? 1 : 0, B_TRANS: t.b ? 1 : 0 },
+      substitutions: variant === "tiled" ? { ACC: acc, OUT: out } : {
+        ACC: acc,
+        OUT: out,
+        A_LAYOUT: t.a ? "col_major" : "row_major",
+        B_LAYOUT: t.b ? "col_major" : "row_major",
+      },
+    });
+  if (S === 1) {
+    new Float32Array(params, 12, 2).set([alpha, beta]);
+    enc.dispatch(await product(args.out), new Uint8Array(params), [args.a, args.b, args.c], groups);
+    return;
+  }
+  // The splits write f32 partials (alpha 1, beta 0); the reduce pass applies alpha and beta.
+  const partial = await product("f32");
+  new Float32Array(params, 12, 2).set([1, 0]);
+  const part = { buffer: splitKWorkspace(enc.gpu), offset: 0, size: S * M * N * 4 };
+  enc.dispatch(partial, new Uint8Array(params), [args.a, args.b, part], [...groups, S]);
+  const reduce = await enc.gpu.pipelines.get({ shader: REDUCE, substitutions: { OUT: args.out } });
+  const max = enc.gpu.caps.limits.maxComputeWorkgroupsPerDimension;
+  const wgs = Math.ceil((M * N) / 256);
+  const gx = Math.min(wgs, max);
+  const reduceParams = new ArrayBuffer(20);
+  new Uint32Array(reduceParams, 0, 2).set([M * N, S]);
+  new Float32Array(reduceParams, 8, 2).set([alpha, beta]);
+  new Uint32Array(reduceParams, 16, 1)[0] = gx;
+  enc.dispatch(reduce, new Uint8Array(reduceParams), [part, args.c], [gx, Math.ceil(wgs / gx)]);
 }

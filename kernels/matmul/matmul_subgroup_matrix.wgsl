@@ -7,6 +7,8 @@
 // fragments), over K in steps of 32 staged in workgroup memory with the contiguous dimension
 // innermost, so the fragments load row-major or column-major straight from there. The tiles of
 // the next K step are read from storage into registers while the current step's products run.
+// Split K: workgroup z reduces K elements [z * KS, min(K, (z + 1) * KS)) (KS a multiple of 32;
+// KS >= K: one split) and writes its C at element z * M * N of c (the launcher's f32 partials).
 enable f16;
 enable subgroups;
 enable chromium_experimental_subgroup_matrix;
@@ -17,6 +19,7 @@ struct Params {
   K: u32,
   alpha: f32,
   beta: f32,
+  KS: u32,
 }
 
 override A_TRANS: bool = false;
@@ -77,7 +80,7 @@ fn put(isA: bool, v: u32, w: vec4<u32>) {
 }
 
 // Writes one 16x16 result fragment at rows r0.., columns c0.. of C through the subgroup's scratch.
-fn writeFragment(frag: subgroup_matrix_result<{{ACC}}, 16, 16>, r0: u32, c0: u32, sg: u32, lane: u32) {
+fn writeFragment(frag: subgroup_matrix_result<{{ACC}}, 16, 16>, r0: u32, c0: u32, sg: u32, lane: u32, base: u32) {
   subgroupMatrixStore<row_major>(&Cs, sg * 256u, frag, 16u);
   workgroupBarrier();
   for (var e = lane; e < 256u; e += 32u) {
@@ -85,8 +88,8 @@ fn writeFragment(frag: subgroup_matrix_result<{{ACC}}, 16, 16>, r0: u32, c0: u32
     let n = c0 + e % 16u;
     if (m < p.M && n < p.N) {
       var v = p.alpha * f32(Cs[sg * 256u + e]);
-      if (p.beta != 0.0) { v += p.beta * f32(c[m * p.N + n]); }
-      c[m * p.N + n] = {{OUT}}(v);
+      if (p.beta != 0.0) { v += p.beta * f32(c[base + m * p.N + n]); }
+      c[base + m * p.N + n] = {{OUT}}(v);
     }
   }
   workgroupBarrier();
@@ -113,19 +116,21 @@ fn main(
   let aStride = select(BK + PAD, BM + PAD, A_TRANS);
   let bStride = select(BN + PAD, BK + PAD, B_TRANS);
   // The next K step's tiles are read into registers while this one's products run.
+  let kb = wg.z * p.KS;
+  let ke = min(p.K, kb + p.KS);
   var ra: array<vec4<u32>, VECS>;
   var rb: array<vec4<u32>, VECS>;
   for (var i = 0u; i < VECS; i++) {
-    ra[i] = fetch(true, tid + i * 128u, m0, n0, 0u);
-    rb[i] = fetch(false, tid + i * 128u, m0, n0, 0u);
+    ra[i] = fetch(true, tid + i * 128u, m0, n0, kb);
+    rb[i] = fetch(false, tid + i * 128u, m0, n0, kb);
   }
-  for (var k0 = 0u; k0 < p.K; k0 += BK) {
+  for (var k0 = kb; k0 < ke; k0 += BK) {
     for (var i = 0u; i < VECS; i++) {
       put(true, tid + i * 128u, ra[i]);
       put(false, tid + i * 128u, rb[i]);
     }
     workgroupBarrier();
-    if (k0 + BK < p.K) {
+    if (k0 + BK < ke) {
       for (var i = 0u; i < VECS; i++) {
         ra[i] = fetch(true, tid + i * 128u, m0, n0, k0 + BK);
         rb[i] = fetch(false, tid + i * 128u, m0, n0, k0 + BK);
@@ -162,20 +167,21 @@ fn main(
 
   // Epilogue: each fragment goes through this subgroup's 16x16 scratch, then every lane writes
   // 8 elements with scaling, accumulation and edge checks.
-  writeFragment(c00, m0 + sm + 0u, n0 + sn + 0u, sg, lane);
-  writeFragment(c01, m0 + sm + 0u, n0 + sn + 16u, sg, lane);
-  writeFragment(c02, m0 + sm + 0u, n0 + sn + 32u, sg, lane);
-  writeFragment(c03, m0 + sm + 0u, n0 + sn + 48u, sg, lane);
-  writeFragment(c10, m0 + sm + 16u, n0 + sn + 0u, sg, lane);
-  writeFragment(c11, m0 + sm + 16u, n0 + sn + 16u, sg, lane);
-  writeFragment(c12, m0 + sm + 16u, n0 + sn + 32u, sg, lane);
-  writeFragment(c13, m0 + sm + 16u, n0 + sn + 48u, sg, lane);
-  writeFragment(c20, m0 + sm + 32u, n0 + sn + 0u, sg, lane);
-  writeFragment(c21, m0 + sm + 32u, n0 + sn + 16u, sg, lane);
-  writeFragment(c22, m0 + sm + 32u, n0 + sn + 32u, sg, lane);
-  writeFragment(c23, m0 + sm + 32u, n0 + sn + 48u, sg, lane);
-  writeFragment(c30, m0 + sm + 48u, n0 + sn + 0u, sg, lane);
-  writeFragment(c31, m0 + sm + 48u, n0 + sn + 16u, sg, lane);
-  writeFragment(c32, m0 + sm + 48u, n0 + sn + 32u, sg, lane);
-  writeFragment(c33, m0 + sm + 48u, n0 + sn + 48u, sg, lane);
+  let base = wg.z * p.M * p.N;
+  writeFragment(c00, m0 + sm + 0u, n0 + sn + 0u, sg, lane, base);
+  writeFragment(c01, m0 + sm + 0u, n0 + sn + 16u, sg, lane, base);
+  writeFragment(c02, m0 + sm + 0u, n0 + sn + 32u, sg, lane, base);
+  writeFragment(c03, m0 + sm + 0u, n0 + sn + 48u, sg, lane, base);
+  writeFragment(c10, m0 + sm + 16u, n0 + sn + 0u, sg, lane, base);
+  writeFragment(c11, m0 + sm + 16u, n0 + sn + 16u, sg, lane, base);
+  writeFragment(c12, m0 + sm + 16u, n0 + sn + 32u, sg, lane, base);
+  writeFragment(c13, m0 + sm + 16u, n0 + sn + 48u, sg, lane, base);
+  writeFragment(c20, m0 + sm + 32u, n0 + sn + 0u, sg, lane, base);
+  writeFragment(c21, m0 + sm + 32u, n0 + sn + 16u, sg, lane, base);
+  writeFragment(c22, m0 + sm + 32u, n0 + sn + 32u, sg, lane, base);
+  writeFragment(c23, m0 + sm + 32u, n0 + sn + 48u, sg, lane, base);
+  writeFragment(c30, m0 + sm + 48u, n0 + sn + 0u, sg, lane, base);
+  writeFragment(c31, m0 + sm + 48u, n0 + sn + 16u, sg, lane, base);
+  writeFragment(c32, m0 + sm + 48u, n0 + sn + 32u, sg, lane, base);
+  writeFragment(c33, m0 + sm + 48u, n0 + sn + 48u, sg, lane, base);
 }

@@ -2,7 +2,14 @@ import { createBuffer, poison, readAs, roundToF16, uploadF16, uploadF32 } from "
 import { Encoder } from "../../engine/encoder.ts";
 import type { Gpu } from "../../engine/gpu.ts";
 import { assertClose, gpuTest, relativeError, rms, Rng, testSeed } from "../../engine/testing.ts";
-import { matmul, MATMUL_LAYOUTS, type MatmulArgs, matmulUnsupported, type MatmulVariant } from "./matmul.ts";
+import {
+  matmul,
+  MATMUL_LAYOUTS,
+  type MatmulArgs,
+  matmulSplitK,
+  matmulUnsupported,
+  type MatmulVariant,
+} from "./matmul.ts";
 import { matmulRef } from "./matmul_ref.ts";
 
 // Ragged shapes: none is a multiple of the tiles (64 or 128, K step 16 or 32). The second group
@@ -113,6 +120,27 @@ for (const variant of ["tiled", "subgroup_matrix"] as MatmulVariant[]) {
     ];
     for (const cs of cases) {
       if (matmulUnsupported(gpu.caps, cs, variant)) continue;
+      try {
+        await runCase(gpu, variant, cs, rng);
+      } catch (e) {
+        throw new Error(`seed ${seed}: ${(e as Error).message}`);
+      }
+    }
+  });
+
+  await gpuTest(`matmul ${variant}: split K (few output tiles, long K) with alpha and beta`, async (gpu) => {
+    const seed = testSeed();
+    const rng = new Rng(seed);
+    const cases: Case[] = [
+      { M: 40, N: 24, K: 2049, layout: "tn", out: "f16", acc: "f32", alpha: 0.5, beta: 1 },
+      { M: 72, N: 64, K: 2104, layout: "nn", out: "f32", acc: "f32", alpha: -1, beta: 0.5 },
+      { M: 136, N: 8, K: 3000, layout: "nt", out: "f32", acc: "f32", alpha: 1, beta: 0 },
+      { M: 64, N: 48, K: 2048, layout: "nt", out: "f16", acc: "f16", alpha: 2, beta: 0 },
+    ];
+    for (const cs of cases) {
+      if (matmulUnsupported(gpu.caps, cs, variant)) continue;
+      const { S } = matmulSplitK(cs.M, cs.N, cs.K, variant);
+      if (S < 2) throw new Error(`${cs.M}x${cs.N}x${cs.K} on ${variant} does not split K`);
       try {
         await runCase(gpu, variant, cs, rng);
       } catch (e) {

@@ -5,6 +5,8 @@
 //   B(k,n) = b[k*N + n]  (B_TRANS false)  or  b[n*K + k]  (B_TRANS true)
 // A workgroup of 16x16 threads computes a 64x64 tile of C; each thread a 4x4 block.
 // Rows, columns and K beyond the matrix edges are read as zero and never written.
+// Split K: workgroup z reduces K elements [z * KS, min(K, (z + 1) * KS)) (KS a multiple of 16;
+// KS >= K: one split) and writes its C at element z * M * N of c (the launcher's f32 partials).
 enable f16;
 
 struct Params {
@@ -13,6 +15,7 @@ struct Params {
   K: u32,
   alpha: f32,
   beta: f32,
+  KS: u32,
 }
 
 override A_TRANS: bool = false;
@@ -32,14 +35,14 @@ const TN = 4u;
 var<workgroup> As: array<f16, BK * BM>; // [k][m]
 var<workgroup> Bs: array<f16, BK * BN>; // [k][n]
 
-fn loadA(m: u32, k: u32) -> f16 {
-  if (m >= p.M || k >= p.K) { return 0.0h; }
+fn loadA(m: u32, k: u32, ke: u32) -> f16 {
+  if (m >= p.M || k >= ke) { return 0.0h; }
   if (A_TRANS) { return a[k * p.M + m]; }
   return a[m * p.K + k];
 }
 
-fn loadB(k: u32, n: u32) -> f16 {
-  if (k >= p.K || n >= p.N) { return 0.0h; }
+fn loadB(k: u32, n: u32, ke: u32) -> f16 {
+  if (k >= ke || n >= p.N) { return 0.0h; }
   if (B_TRANS) { return b[n * p.K + k]; }
   return b[k * p.N + n];
 }
@@ -50,23 +53,25 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   let m0 = wg.y * BM;
   let n0 = wg.x * BN;
   var acc: array<vec4<{{ACC}}>, TM>; // acc[i][j]: row i, column j of this thread's 4x4 block
-  for (var k0 = 0u; k0 < p.K; k0 += BK) {
+  let kb = wg.z * p.KS;
+  let ke = min(p.K, kb + p.KS);
+  for (var k0 = kb; k0 < ke; k0 += BK) {
     // 256 threads stage a 64x16 tile of A and a 16x64 tile of B, walking the contiguous dimension.
     for (var i = 0u; i < 4u; i++) {
       let idx = tid + i * 256u;
       if (A_TRANS) {
         let k = idx / BM; let m = idx % BM;
-        As[k * BM + m] = loadA(m0 + m, k0 + k);
+        As[k * BM + m] = loadA(m0 + m, k0 + k, ke);
       } else {
         let m = idx / BK; let k = idx % BK;
-        As[k * BM + m] = loadA(m0 + m, k0 + k);
+        As[k * BM + m] = loadA(m0 + m, k0 + k, ke);
       }
       if (B_TRANS) {
         let n = idx / BK; let k = idx % BK;
-        Bs[k * BN + n] = loadB(k0 + k, n0 + n);
+        Bs[k * BN + n] = loadB(k0 + k, n0 + n, ke);
       } else {
         let k = idx / BN; let n = idx % BN;
-        Bs[k * BN + n] = loadB(k0 + k, n0 + n);
+        Bs[k * BN + n] = loadB(k0 + k, n0 + n, ke);
       }
     }
     workgroupBarrier();
@@ -89,8 +94,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
       let n = n0 + lid.x * TN + j;
       if (n >= p.N) { continue; }
       var v = p.alpha * f32(acc[i][j]);
-      if (p.beta != 0.0) { v += p.beta * f32(c[m * p.N + n]); }
-      c[m * p.N + n] = {{OUT}}(v);
+      let o = wg.z * p.M * p.N + m * p.N + n;
+      if (p.beta != 0.0) { v += p.beta * f32(c[o]); }
+      c[o] = {{OUT}}(v);
     }
   }
 }

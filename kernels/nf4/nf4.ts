@@ -311,7 +311,8 @@ export function nf4FromBnb(name: string, t: BnbNf4Tensors): Nf4Host {
   };
 }
 
-/** "fwd": Y[T,out] = X[T,in] · deq(W)^T; "dx": dX[T,in] = dY[T,out] · deq(W). */
+/** "fwd": Y[T,out] = X[T,in] · deq(W)^T; "dx": dX[T,in] = dY[T,out] · deq(W); each optionally with
+ * a low-rank term in the same accumulators (a fused LoRA path, see Nf4LowRank). */
 export type Nf4MatmulMode = "fwd" | "dx";
 export type Nf4MatmulVariant = "tiled" | "subgroup_matrix";
 
@@ -324,57 +325,80 @@ export interface Nf4MatmulArgs {
   T: number;
   mode: Nf4MatmulMode;
   out: "f16" | "f32";
-  /** y = alpha * product + beta * y; beta 0 never reads y. */
+  /** y = alpha * (product + low-rank term) + beta * y; beta 0 never reads y. */
   alpha?: number;
   beta?: number;
+  lowRank?: Nf4LowRank;
   variant?: Nf4MatmulVariant;
+}
+
+/** A rank-R term added to the product in the same pass, as R more steps of its reduction:
+ * "fwd": + scale · U[T,R] · F[out,R]^T (LoRA: U = X A^T, F = B16);
+ * "dx":  + scale · U[T,R] · F[R,in]    (LoRA: U = dU, F = A16). U and F are f16. */
+export interface Nf4LowRank {
+  u: Binding;
+  f: Binding;
+  R: number;
+  scale: number;
 }
 
 /** Why `variant` cannot run this product on this adapter, or undefined when it can. */
 export function nf4MatmulUnsupported(
   caps: Capabilities,
-  shape: { out: number; in: number },
+  shape: { out: number; in: number; R?: number },
   variant: Nf4MatmulVariant,
 ): string | undefined {
   if (!caps.f16) return `${caps.adapter} has no shader-f16`;
+  const R = shape.R ?? 0;
+  if (!Number.isInteger(R) || R < 0) return `low-rank width R = ${R} must be a whole number`;
   if (variant === "tiled") return undefined;
   if (!hasTensorCores(caps, "f32")) return `${caps.adapter} has no f16 16x16x16 subgroup matrices`;
   if (shape.in % 8 !== 0 || shape.out % 8 !== 0) {
     return `in (${shape.in}) and out (${shape.out}) must be multiples of 8`;
   }
+  if (R % 8 !== 0) return `the low-rank width R = ${R} must be a multiple of 8`;
   return undefined;
 }
 
 export function pickNf4MatmulVariant(
   caps: Capabilities,
-  shape: { out: number; in: number },
+  shape: { out: number; in: number; R?: number },
 ): Nf4MatmulVariant {
   return nf4MatmulUnsupported(caps, shape, "subgroup_matrix") === undefined ? "subgroup_matrix" : "tiled";
 }
 
 /** Encodes the NF4 dequant-matmul (f16 activations, f32 accumulation). */
 export async function nf4Matmul(enc: Encoder, args: Nf4MatmulArgs): Promise<void> {
-  const { w, T, mode } = args;
-  const variant = args.variant ?? pickNf4MatmulVariant(enc.gpu.caps, w);
-  const why = nf4MatmulUnsupported(enc.gpu.caps, w, variant);
-  if (why) throw new Error(`nf4Matmul ${mode} T=${T} [${w.out}, ${w.in}] on ${variant}: ${why}`);
+  const { w, T, mode, lowRank } = args;
+  const R = lowRank?.R ?? 0;
+  const shape = { out: w.out, in: w.in, R };
+  const variant = args.variant ?? pickNf4MatmulVariant(enc.gpu.caps, shape);
+  const where = `nf4Matmul ${mode} T=${T} [${w.out}, ${w.in}]${R ? ` + rank ${R}` : ""} on ${variant}`;
+  const why = nf4MatmulUnsupported(enc.gpu.caps, shape, variant);
+  if (why) throw new Error(`${where}: ${why}`);
   const N = mode === "fwd" ? w.out : w.in;
   const K = mode === "fwd" ? w.in : w.out;
+  if (lowRank) {
+    if (lowRank.u.size < T * R * 2) throw new RangeError(`${where}: U needs ${T * R * 2} bytes`);
+    if (lowRank.f.size < N * R * 2) throw new RangeError(`${where}: F needs ${N * R * 2} bytes`);
+  }
   const pipeline = await enc.gpu.pipelines.get({
     shader: variant === "tiled" ? TILED : SUBGROUP_MATRIX,
     constants: { W_TRANS: mode === "fwd" ? 1 : 0 },
     substitutions: { OUT: args.out },
   });
-  const params = new ArrayBuffer(24);
+  const params = new ArrayBuffer(32);
   new Uint32Array(params, 0, 3).set([T, N, K]);
   new Float32Array(params, 12, 2).set([args.alpha ?? 1, args.beta ?? 0]);
-  new Uint32Array(params, 20, 1)[0] = w.in;
+  new Uint32Array(params, 20, 2).set([w.in, R]);
+  new Float32Array(params, 28, 1)[0] = lowRank?.scale ?? 0;
   // Output tile per workgroup: 64x64 (tiled), 256 rows x 128 columns (subgroup matrices).
   const [tileT, tileN] = variant === "tiled" ? [64, 64] : [256, 128];
   enc.dispatch(
     pipeline,
     new Uint8Array(params),
-    [args.x, w.codes, w.absmaxCodes, w.nested, w.dynmap, args.y],
+    // Without a low-rank term U and F take x (read-only, never read).
+    [args.x, w.codes, w.absmaxCodes, w.nested, w.dynmap, lowRank?.u ?? args.x, lowRank?.f ?? args.x, args.y],
     [Math.ceil(N / tileN), Math.ceil(T / tileT)],
   );
 }

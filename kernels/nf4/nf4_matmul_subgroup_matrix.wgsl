@@ -1,6 +1,6 @@
 // Tensor-core NF4 dequant-matmul on subgroup matrices (f16 x f16 -> f32, 16x16x16 fragments).
-//   C[M,N] = alpha * A[M,K] · B[K,N] + beta * C[M,N]
-// Operands and W_TRANS as in nf4_matmul_tiled.wgsl. A (f16 activations [M,K]) is staged 8 halves
+//   C[M,N] = alpha * (A[M,K] · B[K,N] + s * U[M,R] · F[R,N]) + beta * C[M,N]
+// Operands, the low-rank term and W_TRANS as in nf4_matmul_tiled.wgsl; R % 8 == 0. A (f16 activations [M,K]) is staged 8 halves
 // at a time, so K must be a multiple of 8; the weight is staged one code word (8 consecutive
 // elements of a row of W, all in one 64-block) at a time, so IN must be a multiple of 8.
 // A workgroup of 8 subgroups of 32 computes a 256x128 tile of C, each subgroup 64x64 (4x4
@@ -9,13 +9,15 @@
 // dequantized there as f16 (the weight is never whole in memory), two elements per lookup of a
 // code-byte table; with W_TRANS false (dX = dY W) the tile is transposed on the way, the 32
 // lanes of a subgroup taking 32 consecutive k. The reads of K step k + 1 (A vectors, code words
-// and their block scales) are in flight while the products of step k run.
+// and their block scales) are in flight while the products of step k run. The low-rank term runs
+// as ceil(R / 32) more K steps on the same accumulators: U tiles staged as A tiles, F tiles
+// (times s, as f16) placed as the W words would be.
 // Other edges are ragged: rows and K beyond the matrix read as zero and are never written.
 enable f16;
 enable subgroups;
 enable chromium_experimental_subgroup_matrix;
 
-struct Params { M: u32, N: u32, K: u32, alpha: f32, beta: f32, IN: u32, }
+struct Params { M: u32, N: u32, K: u32, alpha: f32, beta: f32, IN: u32, R: u32, s: f32, }
 
 override W_TRANS: bool = true;
 
@@ -25,7 +27,9 @@ override W_TRANS: bool = true;
 @group(0) @binding(3) var<storage, read> absq: array<u32>;
 @group(0) @binding(4) var<storage, read> nested: array<f32>;
 @group(0) @binding(5) var<storage, read> dynmap: array<f32>;
-@group(0) @binding(6) var<storage, read_write> c: array<{{OUT}}>;
+@group(0) @binding(6) var<storage, read> u: array<vec4<u32>>; // f16 [M, R]
+@group(0) @binding(7) var<storage, read> f: array<vec4<u32>>; // f16 [N, R] (W_TRANS) or [R, N]
+@group(0) @binding(8) var<storage, read_write> c: array<{{OUT}}>;
 
 const BM = 256u;
 const BN = 128u;
@@ -47,6 +51,14 @@ fn fetchA(v: u32, m0: u32, k0: u32) -> vec4<u32> {
   let o = v / 4u;
   let i = (v % 4u) * 8u;
   if (m0 + o < p.M && k0 + i < p.K) { return a[((m0 + o) * p.K + k0 + i) / 8u]; }
+  return vec4<u32>(0u);
+}
+
+// The U tile [BM x BK] of the low-rank step at column j0 of U, as fetchA.
+fn fetchU(v: u32, m0: u32, j0: u32) -> vec4<u32> {
+  let o = v / 4u;
+  let i = (v % 4u) * 8u;
+  if (m0 + o < p.M && j0 + i < p.R) { return u[((m0 + o) * p.R + j0 + i) / 8u]; }
   return vec4<u32>(0u);
 }
 
@@ -109,6 +121,23 @@ fn putW(v: u32, n0: u32, k0: u32, w: WordFetch) {
   }
 }
 
+// Vector v of the F tile of the low-rank step at row j0 of F (as the W words: 8 consecutive
+// elements of a row of F), times s.
+fn putF(v: u32, n0: u32, j0: u32) {
+  let at = wordPlace(v, n0, j0);
+  let valid = select(at.x < p.R && at.y < p.N, at.x < p.N && at.y < p.R, W_TRANS);
+  var w = vec4<u32>(0u);
+  if (valid) { w = f[(at.x * select(p.N, p.R, W_TRANS) + at.y) / 8u]; }
+  let e0 = vec2<f16>(vec2<f32>(bitcast<vec2<f16>>(w.x)) * p.s);
+  let e1 = vec2<f16>(vec2<f32>(bitcast<vec2<f16>>(w.y)) * p.s);
+  let e2 = vec2<f16>(vec2<f32>(bitcast<vec2<f16>>(w.z)) * p.s);
+  let e3 = vec2<f16>(vec2<f32>(bitcast<vec2<f16>>(w.w)) * p.s);
+  let s = at.z;
+  let d = at.w;
+  Bs[s] = e0.x; Bs[s + d] = e0.y; Bs[s + 2u * d] = e1.x; Bs[s + 3u * d] = e1.y;
+  Bs[s + 4u * d] = e2.x; Bs[s + 5u * d] = e2.y; Bs[s + 6u * d] = e3.x; Bs[s + 7u * d] = e3.y;
+}
+
 // Writes one 16x16 result fragment at rows r0.., columns c0.. of C through the subgroup's scratch.
 fn writeFragment(frag: subgroup_matrix_result<f32, 16, 16>, r0: u32, c0: u32, sg: u32, lane: u32) {
   subgroupMatrixStore<row_major>(&Cs, sg * 256u, frag, 16u);
@@ -149,11 +178,19 @@ fn main(
   var rw: array<WordFetch, 2>;
   for (var i = 0u; i < 4u; i++) { ra[i] = fetchA(tid + i * 256u, m0, 0u); }
   for (var i = 0u; i < 2u; i++) { rw[i] = fetchW(tid + i * 256u, n0, 0u); }
-  for (var k0 = 0u; k0 < p.K; k0 += BK) {
-    for (var i = 0u; i < 4u; i++) { putA(tid + i * 256u, ra[i]); }
-    for (var i = 0u; i < 2u; i++) { putW(tid + i * 256u, n0, k0, rw[i]); }
+  // K steps [0, kw) read A and W; [kw, kEnd) U and F.
+  let kw = ((p.K + BK - 1u) / BK) * BK;
+  let kEnd = kw + ((p.R + BK - 1u) / BK) * BK;
+  for (var k0 = 0u; k0 < kEnd; k0 += BK) {
+    if (k0 < kw) {
+      for (var i = 0u; i < 4u; i++) { putA(tid + i * 256u, ra[i]); }
+      for (var i = 0u; i < 2u; i++) { putW(tid + i * 256u, n0, k0, rw[i]); }
+    } else {
+      for (var i = 0u; i < 4u; i++) { putA(tid + i * 256u, fetchU(tid + i * 256u, m0, k0 - kw)); }
+      for (var i = 0u; i < 2u; i++) { putF(tid + i * 256u, n0, k0 - kw); }
+    }
     workgroupBarrier();
-    if (k0 + BK < p.K) {
+    if (k0 + BK < kw) {
       for (var i = 0u; i < 4u; i++) { ra[i] = fetchA(tid + i * 256u, m0, k0 + BK); }
       for (var i = 0u; i < 2u; i++) { rw[i] = fetchW(tid + i * 256u, n0, k0 + BK); }
     }

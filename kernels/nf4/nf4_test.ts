@@ -230,6 +230,29 @@ interface MatmulCase {
   outType: "f16" | "f32";
   alpha: number;
   beta: number;
+  /** A low-rank term of width R and scale s (absent: none). */
+  lowRank?: { R: number; s: number };
+}
+
+/** alpha * s * U[T,R] · F: F(j, n) = f[n * R + j] ("fwd", F = B [N, R]) or f[j * N + n] ("dx", F = A [R, N]). */
+function lowRankRef(
+  u: ArrayLike<number>,
+  f: ArrayLike<number>,
+  T: number,
+  N: number,
+  R: number,
+  mode: Nf4MatmulMode,
+  alphaS: number,
+): Float64Array {
+  const y = new Float64Array(T * N);
+  for (let t = 0; t < T; t++) {
+    for (let n = 0; n < N; n++) {
+      let acc = 0;
+      for (let j = 0; j < R; j++) acc += u[t * R + j] * (mode === "fwd" ? f[n * R + j] : f[j * N + n]);
+      y[t * N + n] = alphaS * acc;
+    }
+  }
+  return y;
 }
 
 async function runMatmul(gpu: Gpu, variant: Nf4MatmulVariant, cs: MatmulCase, rng: Rng): Promise<void> {
@@ -247,6 +270,11 @@ async function runMatmul(gpu: Gpu, variant: Nf4MatmulVariant, cs: MatmulCase, rn
     ? (outType === "f16" ? uploadF16(gpu, c0) : uploadF32(gpu, c0))
     : createBuffer(gpu, T * N * (outType === "f16" ? 2 : 4), "workspace");
   if (cs.beta === 0) poison(gpu, yBuf, outType);
+  const R = cs.lowRank?.R ?? 0;
+  const u = roundToF16(rng.uniforms(T * R));
+  const f = roundToF16(rng.uniforms(N * R, -0.3, 0.3));
+  const uBuf = R > 0 ? uploadF16(gpu, u) : undefined;
+  const fBuf = R > 0 ? uploadF16(gpu, f) : undefined;
   try {
     const enc = new Encoder(gpu);
     await nf4Matmul(enc, {
@@ -258,18 +286,22 @@ async function runMatmul(gpu: Gpu, variant: Nf4MatmulVariant, cs: MatmulCase, rn
       out: outType,
       alpha: cs.alpha,
       beta: cs.beta,
+      lowRank: cs.lowRank ? { u: uBuf!, f: fBuf!, R, scale: cs.lowRank.s } : undefined,
       variant,
     });
     await enc.submit();
     const got = await readAs(gpu, yBuf, outType, T * N);
     const label =
-      `${variant} ${mode} T=${T} [${cs.out}, ${cs.in}] out ${outType} alpha ${cs.alpha} beta ${cs.beta}`;
+      `${variant} ${mode} T=${T} [${cs.out}, ${cs.in}] out ${outType} alpha ${cs.alpha} beta ${cs.beta}` +
+      (cs.lowRank ? ` + rank ${R} s ${cs.lowRank.s}` : "");
+    const extra = cs.lowRank ? lowRankRef(u, f, T, N, R, mode, cs.alpha * cs.lowRank.s) : undefined;
     const check = (weights: Float64Array) => {
       const want = nf4MatmulRef(x, weights, T, cs.out, cs.in, mode, {
         alpha: cs.alpha,
         beta: cs.beta,
         c: c0,
       });
+      if (extra) { for (let i = 0; i < want.length; i++) want[i] += extra[i]; }
       const scale = rms(want);
       const tol = outType === "f32"
         ? { atol: 2e-5 * scale + 1e-6, rtol: 2e-5 }
@@ -291,6 +323,8 @@ async function runMatmul(gpu: Gpu, variant: Nf4MatmulVariant, cs: MatmulCase, rn
     nf4Release(w);
     xBuf.destroy();
     yBuf.destroy();
+    uBuf?.destroy();
+    fBuf?.destroy();
   }
 }
 
@@ -309,11 +343,46 @@ for (const variant of ["tiled", "subgroup_matrix"] as Nf4MatmulVariant[]) {
       { T: 130, out: 200, in: 264, mode: "fwd", outType: "f16", alpha: 1, beta: 0 },
       { T: 70, out: 136, in: 200, mode: "dx", outType: "f32", alpha: 0.5, beta: 1 },
       { T: 45, out: 88, in: 72, mode: "fwd", outType: "f32", alpha: -2, beta: 0.25 },
+      // Fused LoRA paths: a low-rank term over one partial K step, several, and one whole. Scales
+      // that are powers of two where the output is f32 (F times s is staged as f16).
+      { T: 37, out: 72, in: 136, mode: "fwd", outType: "f16", alpha: 1, beta: 0, lowRank: { R: 8, s: 0.3 } },
+      { T: 70, out: 136, in: 200, mode: "dx", outType: "f32", alpha: 0.5, beta: 1, lowRank: { R: 40, s: 2 } },
+      {
+        T: 130,
+        out: 200,
+        in: 264,
+        mode: "fwd",
+        outType: "f32",
+        alpha: 1,
+        beta: 0,
+        lowRank: { R: 64, s: 0.5 },
+      },
+      { T: 45, out: 88, in: 72, mode: "dx", outType: "f16", alpha: 1, beta: 0, lowRank: { R: 16, s: 1.7 } },
     ];
     if (variant === "tiled") {
-      // Blocks straddle rows when in is not a multiple of 64 (nor of 8).
+      // Blocks straddle rows when in is not a multiple of 64 (nor of 8); ragged R.
       cases.push({ T: 9, out: 13, in: 27, mode: "fwd", outType: "f16", alpha: 1, beta: 0 });
       cases.push({ T: 9, out: 13, in: 27, mode: "dx", outType: "f32", alpha: 1, beta: 0 });
+      cases.push({
+        T: 9,
+        out: 13,
+        in: 27,
+        mode: "fwd",
+        outType: "f32",
+        alpha: 1,
+        beta: 0,
+        lowRank: { R: 5, s: 4 },
+      });
+      cases.push({
+        T: 9,
+        out: 13,
+        in: 27,
+        mode: "dx",
+        outType: "f16",
+        alpha: 1,
+        beta: 0,
+        lowRank: { R: 21, s: 0.7 },
+      });
     }
     for (const cs of cases) {
       try {
