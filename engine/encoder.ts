@@ -4,7 +4,7 @@
 // storage buffers follow at bindings 1, 2, ... in the order the launcher passes them.
 // Parameters of all dispatches of an encoder share uniform chunks written once at submit.
 
-import type { Gpu } from "./gpu.ts";
+import type { Capabilities, Gpu } from "./gpu.ts";
 import { dispatchLabel } from "./profile.ts";
 
 const UNIFORM_CHUNK_BYTES = 64 * 1024;
@@ -21,6 +21,17 @@ interface UniformChunk {
 }
 
 export type Binding = GPUBuffer | { buffer: GPUBuffer; offset: number; size: number };
+
+/** `groups` workgroups as a grid [x, y] under the per-dimension limit, spread over y only where x
+ * alone is too small. Kernels number them wg.y * x + wg.x (x from num_workgroups or a parameter);
+ * the last ones may lie wholly past the end. */
+export function workgroupGrid(caps: Capabilities, groups: number): [number, number] {
+  const max = caps.limits.maxComputeWorkgroupsPerDimension;
+  if (groups <= max) return [groups, 1];
+  const y = Math.ceil(groups / max);
+  if (y > max) throw new RangeError(`${groups} workgroups exceed the ${max}x${max} workgroup grid`);
+  return [Math.ceil(groups / y), y];
+}
 
 /** Bind group entries of a dispatch: `params` at binding 0, `buffers` at bindings 1.. . */
 export function bindGroupEntries(params: GPUBufferBinding, buffers: Binding[]): GPUBindGroupEntry[] {

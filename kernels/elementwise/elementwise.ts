@@ -11,7 +11,7 @@
 // dispatch over 32-bit words. Bindings may be whole buffers or ranges (offsets as WebGPU requires,
 // multiples of 256 bytes); each must hold its n elements (16-bit data rounded up to whole words).
 
-import type { Binding, Encoder } from "../../engine/encoder.ts";
+import { type Binding, type Encoder, workgroupGrid } from "../../engine/encoder.ts";
 import type { Capabilities } from "../../engine/gpu.ts";
 import elementwiseCode from "./elementwise.wgsl" with { type: "text" };
 
@@ -31,12 +31,7 @@ export const ELEMENT_BYTES: Record<ElementType, number> = { f32: 4, f16: 2, bf16
  * dimension where one dimension's limit is too small. Kernels recover the flat workgroup index as
  * wg.y * num_workgroups.x + wg.x; the last workgroups may lie wholly past the end. */
 export function elementwiseGrid(caps: Capabilities, threads: number, wgSize = WG): [number, number] {
-  const groups = Math.ceil(threads / wgSize);
-  const max = caps.limits.maxComputeWorkgroupsPerDimension;
-  if (groups <= max) return [groups, 1];
-  const y = Math.ceil(groups / max);
-  if (y > max) throw new RangeError(`${threads} invocations exceed the ${max}x${max} workgroup grid`);
-  return [Math.ceil(groups / y), y];
+  return workgroupGrid(caps, Math.ceil(threads / wgSize));
 }
 
 function checkCount(what: string, n: number): void {

@@ -34,7 +34,7 @@
 //      p > 0: dX = dY · deq(W) or dY · W16; G = dU · A16; dX += mask · G / (1 - p)
 //      nf4Matmul dx / matmul nn, matmul nn f32 out, lora_dropout_backward.wgsl
 
-import type { Binding, Encoder } from "../../engine/encoder.ts";
+import { type Binding, type Encoder, workgroupGrid } from "../../engine/encoder.ts";
 import type { Gpu } from "../../engine/gpu.ts";
 import { matmul } from "../matmul/matmul.ts";
 import {
@@ -109,12 +109,6 @@ export interface LoraBackwardArgs extends LoraShape {
   accumulateDx?: boolean;
 }
 
-function grid(gpu: Gpu, groups: number): [number, number] {
-  const max = gpu.caps.limits.maxComputeWorkgroupsPerDimension;
-  const gx = Math.max(1, Math.min(groups, max));
-  return [gx, Math.ceil(groups / gx)];
-}
-
 function checkShape(what: string, s: LoraShape): void {
   for (const [k, v] of [["T", s.T], ["in", s.in], ["out", s.out], ["R", s.R]] as const) {
     if (!Number.isInteger(v) || v < 1) {
@@ -152,7 +146,7 @@ export async function loraCastFactors(
       args.out * args.R,
     ]] as const
   ) {
-    const g = grid(enc.gpu, Math.ceil(n / 256));
+    const g = workgroupGrid(enc.gpu.caps, Math.ceil(n / 256));
     enc.dispatch(pipeline, new Uint32Array([n, g[0]]), [src, dst], g);
   }
 }
@@ -166,7 +160,7 @@ export async function loraDropout(
   d: LoraDropout,
 ): Promise<void> {
   const pipeline = await enc.gpu.pipelines.get({ shader: DROPOUT });
-  const g = grid(enc.gpu, Math.ceil(n / 256));
+  const g = workgroupGrid(enc.gpu.caps, Math.ceil(n / 256));
   enc.dispatch(pipeline, dropoutParams(n, g[0], d), [x, xd], g);
 }
 
@@ -319,6 +313,6 @@ export async function loraBackward(enc: Encoder, args: LoraBackwardArgs): Promis
     substitutions: { OUT: args.dxType },
   });
   const n = T * args.in;
-  const g = grid(enc.gpu, Math.ceil(n / 256));
+  const g = workgroupGrid(enc.gpu.caps, Math.ceil(n / 256));
   enc.dispatch(pipeline, dropoutParams(n, g[0], args.dropout!), [args.g!, args.dx], g);
 }

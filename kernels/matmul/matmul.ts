@@ -10,10 +10,9 @@
 // per-device workspace (SPLIT_K_WORKSPACE_BYTES, made on first use), and a second pass sums them
 // in order into C with alpha and beta (matmul_split_k_reduce.wgsl).
 
-import type { Binding, Encoder } from "../../engine/encoder.ts";
-import type { Capabilities } from "../../engine/gpu.ts";
 import { createBuffer } from "../../engine/buffers.ts";
-import type { Gpu } from "../../engine/gpu.ts";
+import { type Binding, type Encoder, workgroupGrid } from "../../engine/encoder.ts";
+import type { Capabilities, Gpu } from "../../engine/gpu.ts";
 import tiledCode from "./matmul_tiled.wgsl" with { type: "text" };
 import reduceCode from "./matmul_split_k_reduce.wgsl" with { type: "text" };
 import subgroupMatrixCode from "./matmul_subgroup_matrix.wgsl" with { type: "text" };
@@ -173,12 +172,10 @@ export async function matmul(enc: Encoder, args: MatmulArgs): Promise<void> {
   const part = { buffer: splitKWorkspace(enc.gpu), offset: 0, size: S * M * N * 4 };
   enc.dispatch(partial, new Uint8Array(params), [args.a, args.b, part], [...groups, S]);
   const reduce = await enc.gpu.pipelines.get({ shader: REDUCE, substitutions: { OUT: args.out } });
-  const max = enc.gpu.caps.limits.maxComputeWorkgroupsPerDimension;
-  const wgs = Math.ceil((M * N) / 256);
-  const gx = Math.min(wgs, max);
+  const g = workgroupGrid(enc.gpu.caps, Math.ceil((M * N) / 256));
   const reduceParams = new ArrayBuffer(20);
   new Uint32Array(reduceParams, 0, 2).set([M * N, S]);
   new Float32Array(reduceParams, 8, 2).set([alpha, beta]);
-  new Uint32Array(reduceParams, 16, 1)[0] = gx;
-  enc.dispatch(reduce, new Uint8Array(reduceParams), [part, args.c], [gx, Math.ceil(wgs / gx)]);
+  new Uint32Array(reduceParams, 16, 1)[0] = g[0];
+  enc.dispatch(reduce, new Uint8Array(reduceParams), [part, args.c], g);
 }

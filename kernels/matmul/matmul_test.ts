@@ -84,6 +84,20 @@ async function runCase(gpu: Gpu, variant: MatmulVariant, cs: Case, rng: Rng): Pr
   }
 }
 
+/** Runs the cases the variant takes on this adapter, on fresh random inputs from one seed. */
+async function runCases(gpu: Gpu, variant: MatmulVariant, cases: Case[]): Promise<void> {
+  const seed = testSeed();
+  const rng = new Rng(seed);
+  for (const cs of cases) {
+    if (matmulUnsupported(gpu.caps, cs, variant)) continue;
+    try {
+      await runCase(gpu, variant, cs, rng);
+    } catch (e) {
+      throw new Error(`seed ${seed}: ${(e as Error).message}`);
+    }
+  }
+}
+
 for (const variant of ["tiled", "subgroup_matrix"] as MatmulVariant[]) {
   await gpuTest(`matmul ${variant}: every layout on ragged shapes, f32 and f16 output`, async (gpu) => {
     const seed = testSeed();
@@ -110,27 +124,16 @@ for (const variant of ["tiled", "subgroup_matrix"] as MatmulVariant[]) {
   });
 
   await gpuTest(`matmul ${variant}: alpha, beta accumulation and f16 accumulators`, async (gpu) => {
-    const seed = testSeed();
-    const rng = new Rng(seed);
     const cases: Case[] = [
       { M: 72, N: 40, K: 88, layout: "tn", out: "f32", acc: "f32", alpha: 0.5, beta: 1 },
       { M: 72, N: 40, K: 88, layout: "nt", out: "f16", acc: "f32", alpha: -2, beta: 0.25 },
       { M: 136, N: 72, K: 200, layout: "nt", out: "f16", acc: "f16", alpha: 1, beta: 0 },
       { M: 64, N: 48, K: 64, layout: "nn", out: "f32", acc: "f16", alpha: 1, beta: 0 },
     ];
-    for (const cs of cases) {
-      if (matmulUnsupported(gpu.caps, cs, variant)) continue;
-      try {
-        await runCase(gpu, variant, cs, rng);
-      } catch (e) {
-        throw new Error(`seed ${seed}: ${(e as Error).message}`);
-      }
-    }
+    await runCases(gpu, variant, cases);
   });
 
   await gpuTest(`matmul ${variant}: split K (few output tiles, long K) with alpha and beta`, async (gpu) => {
-    const seed = testSeed();
-    const rng = new Rng(seed);
     const cases: Case[] = [
       { M: 40, N: 24, K: 2049, layout: "tn", out: "f16", acc: "f32", alpha: 0.5, beta: 1 },
       { M: 72, N: 64, K: 2104, layout: "nn", out: "f32", acc: "f32", alpha: -1, beta: 0.5 },
@@ -138,14 +141,9 @@ for (const variant of ["tiled", "subgroup_matrix"] as MatmulVariant[]) {
       { M: 64, N: 48, K: 2048, layout: "nt", out: "f16", acc: "f16", alpha: 2, beta: 0 },
     ];
     for (const cs of cases) {
-      if (matmulUnsupported(gpu.caps, cs, variant)) continue;
       const { S } = matmulSplitK(cs.M, cs.N, cs.K, variant);
       if (S < 2) throw new Error(`${cs.M}x${cs.N}x${cs.K} on ${variant} does not split K`);
-      try {
-        await runCase(gpu, variant, cs, rng);
-      } catch (e) {
-        throw new Error(`seed ${seed}: ${(e as Error).message}`);
-      }
     }
+    await runCases(gpu, variant, cases);
   });
 }

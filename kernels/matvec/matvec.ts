@@ -24,8 +24,8 @@
 //                reduction measured no faster there (H100: 288 against 300 GB/s at 4096 -> 4096,
 //                263 against 313 at 4096 -> 14336), while it halves the f16 lm_head's time.
 
-import type { Binding, Encoder } from "../../engine/encoder.ts";
-import type { Capabilities, Gpu } from "../../engine/gpu.ts";
+import { type Binding, type Encoder, workgroupGrid } from "../../engine/encoder.ts";
+import type { Capabilities } from "../../engine/gpu.ts";
 import type { Shader } from "../../engine/pipeline.ts";
 import type { Nf4Weight } from "../nf4/nf4.ts";
 import nf4Code from "./matvec_nf4.wgsl" with { type: "text" };
@@ -141,13 +141,6 @@ export function pickMatvecVariant(caps: Capabilities, kind: MatvecWeight["kind"]
   return kind === "f16" && subgroups ? "subgroup" : "workgroup";
 }
 
-/** Workgroups as a 2D grid under the per-dimension limit; the kernels number them wg.y * gx + wg.x. */
-function grid(gpu: Gpu, groups: number): [number, number] {
-  const max = gpu.caps.limits.maxComputeWorkgroupsPerDimension;
-  const gx = Math.max(1, Math.min(groups, max));
-  return [gx, Math.ceil(groups / gx)];
-}
-
 /** Encodes y = alpha · W x (+ alpha2 · W2 x2) + beta · y: one dispatch. */
 export async function matvec(enc: Encoder, args: MatvecArgs): Promise<void> {
   const { w, out, in: inDim } = args;
@@ -194,7 +187,7 @@ export async function matvec(enc: Encoder, args: MatvecArgs): Promise<void> {
     substitutions: { OUT: args.yType },
     constants: w.kind === "nf4" ? { TEAM: nf4Team(inDim) } : { LANES: f16Lanes(out, inDim) },
   });
-  const g = grid(enc.gpu, Math.ceil(out / matvecRowsPerWorkgroup(w.kind, out, inDim)));
+  const g = workgroupGrid(enc.gpu.caps, Math.ceil(out / matvecRowsPerWorkgroup(w.kind, out, inDim)));
   const params = new ArrayBuffer(48);
   new Uint32Array(params, 0, 4).set([out, inDim, K2, g[0]]);
   new Float32Array(params, 16, 3).set([args.alpha ?? 1, args.second?.alpha ?? 0, args.beta ?? 0]);

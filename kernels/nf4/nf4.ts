@@ -21,8 +21,7 @@
 // nf4_ref.ts, which the GPU quantizer matches bit for bit.
 
 import { createBuffer, readU32, releaseBuffer, upload } from "../../engine/buffers.ts";
-import type { Binding } from "../../engine/encoder.ts";
-import { Encoder } from "../../engine/encoder.ts";
+import { type Binding, Encoder, workgroupGrid } from "../../engine/encoder.ts";
 import type { Capabilities, Gpu } from "../../engine/gpu.ts";
 import { readF32 } from "../../engine/buffers.ts";
 import { hasTensorCores } from "../matmul/matmul.ts";
@@ -67,13 +66,6 @@ function checkShape(what: string, out: number, inDim: number): void {
   if (out * inDim >= 2 ** 32) {
     throw new RangeError(`${what}: weight [${out}, ${inDim}] has 2^32 or more elements; split it`);
   }
-}
-
-/** Workgroups as a 2D grid under the per-dimension limit; the kernels number them wg.y * gx + wg.x. */
-function grid(gpu: Gpu, groups: number): [number, number] {
-  const max = gpu.caps.limits.maxComputeWorkgroupsPerDimension;
-  const gx = Math.max(1, Math.min(groups, max));
-  return [gx, Math.ceil(groups / gx)];
 }
 
 /** Allocates the buffers of an NF4 weight (contents undefined). */
@@ -163,20 +155,20 @@ export async function encodeNf4Quantize(enc: Encoder, args: Nf4QuantizeArgs): Pr
   const quantizeAbsmax = await gpu.pipelines.get({ shader: QUANTIZE_ABSMAX });
   const params = (a: number, gx: number) => new Uint32Array([a, gx]);
 
-  let g = grid(gpu, Math.ceil(Math.ceil(n / 8) / 64));
+  let g = workgroupGrid(gpu.caps, Math.ceil(Math.ceil(n / 8) / 64));
   enc.dispatch(quantize, params(n, g[0]), [args.src, w.codes, ws.absmax], g);
   let src = ws.absmax;
   let L = blocks;
   let level = 0;
   do {
     const dst = level % 2 === 0 ? ws.sumA : ws.sumB;
-    g = grid(gpu, Math.ceil(L / 256));
+    g = workgroupGrid(gpu.caps, Math.ceil(L / 256));
     enc.dispatch(sum, params(L, g[0]), [src, dst], g);
     src = dst;
     L = Math.ceil(L / 256);
     level++;
   } while (L > 1);
-  g = grid(gpu, Math.ceil(blocks / NF4_NESTED_BLOCK));
+  g = workgroupGrid(gpu.caps, Math.ceil(blocks / NF4_NESTED_BLOCK));
   enc.dispatch(quantizeAbsmax, params(blocks, g[0]), [ws.absmax, src, w.dynmap, w.absmaxCodes, w.nested], g);
 }
 

@@ -104,20 +104,23 @@ fn fetchW(v: u32, n0: u32, k0: u32) -> WordFetch {
   return WordFetch(codes[f >> 3u], absq[blk >> 2u], nested[1u + (blk >> 8u)], (blk & 3u) * 8u, true);
 }
 
-fn putW(v: u32, n0: u32, k0: u32, w: WordFetch) {
-  let at = wordPlace(v, n0, k0);
+// Eight elements of the B tile from Bs offset at.z, at.w apart (at from wordPlace).
+fn putB8(at: vec4<u32>, e0: vec2<f16>, e1: vec2<f16>, e2: vec2<f16>, e3: vec2<f16>) {
   let s = at.z;
   let d = at.w;
+  Bs[s] = e0.x; Bs[s + d] = e0.y; Bs[s + 2u * d] = e1.x; Bs[s + 3u * d] = e1.y;
+  Bs[s + 4u * d] = e2.x; Bs[s + 5u * d] = e2.y; Bs[s + 6u * d] = e3.x; Bs[s + 7u * d] = e3.y;
+}
+
+fn putW(v: u32, n0: u32, k0: u32, w: WordFetch) {
+  let at = wordPlace(v, n0, k0);
   if (w.valid) {
     let am = dmap[(w.absq >> w.shift) & 0xffu] * w.nested + nested[0];
-    let e0 = vec2<f16>(lut2[w.word & 0xffu] * am);
-    let e1 = vec2<f16>(lut2[(w.word >> 8u) & 0xffu] * am);
-    let e2 = vec2<f16>(lut2[(w.word >> 16u) & 0xffu] * am);
-    let e3 = vec2<f16>(lut2[w.word >> 24u] * am);
-    Bs[s] = e0.x; Bs[s + d] = e0.y; Bs[s + 2u * d] = e1.x; Bs[s + 3u * d] = e1.y;
-    Bs[s + 4u * d] = e2.x; Bs[s + 5u * d] = e2.y; Bs[s + 6u * d] = e3.x; Bs[s + 7u * d] = e3.y;
+    putB8(at, vec2<f16>(lut2[w.word & 0xffu] * am), vec2<f16>(lut2[(w.word >> 8u) & 0xffu] * am),
+          vec2<f16>(lut2[(w.word >> 16u) & 0xffu] * am), vec2<f16>(lut2[w.word >> 24u] * am));
   } else {
-    for (var j = 0u; j < 8u; j++) { Bs[s + j * d] = 0.0h; }
+    let z = vec2<f16>(0.0h);
+    putB8(at, z, z, z, z);
   }
 }
 
@@ -128,14 +131,8 @@ fn putF(v: u32, n0: u32, j0: u32) {
   let valid = select(at.x < p.R && at.y < p.N, at.x < p.N && at.y < p.R, W_TRANS);
   var w = vec4<u32>(0u);
   if (valid) { w = f[(at.x * select(p.N, p.R, W_TRANS) + at.y) / 8u]; }
-  let e0 = vec2<f16>(vec2<f32>(bitcast<vec2<f16>>(w.x)) * p.s);
-  let e1 = vec2<f16>(vec2<f32>(bitcast<vec2<f16>>(w.y)) * p.s);
-  let e2 = vec2<f16>(vec2<f32>(bitcast<vec2<f16>>(w.z)) * p.s);
-  let e3 = vec2<f16>(vec2<f32>(bitcast<vec2<f16>>(w.w)) * p.s);
-  let s = at.z;
-  let d = at.w;
-  Bs[s] = e0.x; Bs[s + d] = e0.y; Bs[s + 2u * d] = e1.x; Bs[s + 3u * d] = e1.y;
-  Bs[s + 4u * d] = e2.x; Bs[s + 5u * d] = e2.y; Bs[s + 6u * d] = e3.x; Bs[s + 7u * d] = e3.y;
+  putB8(at, vec2<f16>(vec2<f32>(bitcast<vec2<f16>>(w.x)) * p.s), vec2<f16>(vec2<f32>(bitcast<vec2<f16>>(w.y)) * p.s),
+        vec2<f16>(vec2<f32>(bitcast<vec2<f16>>(w.z)) * p.s), vec2<f16>(vec2<f32>(bitcast<vec2<f16>>(w.w)) * p.s));
 }
 
 // Writes one 16x16 result fragment at rows r0.., columns c0.. of C through the subgroup's scratch.

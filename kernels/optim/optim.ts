@@ -9,7 +9,7 @@
 //   stats                8 bytes { norm f32, nonfinite u32 } (GRAD_STATS_BYTES)
 
 import { createBuffer, releaseBuffer, upload } from "../../engine/buffers.ts";
-import type { Binding, Encoder } from "../../engine/encoder.ts";
+import { type Binding, type Encoder, workgroupGrid } from "../../engine/encoder.ts";
 import type { Gpu } from "../../engine/gpu.ts";
 import adamwCode from "./adamw.wgsl" with { type: "text" };
 import adamw8bitCode from "./adamw8bit.wgsl" with { type: "text" };
@@ -127,13 +127,6 @@ function checkHyper(h: AdamWHyper): void {
   }
 }
 
-/** 2D grid of `groups` workgroups (x then y) within the per-dimension limit. */
-function grid(gpu: Gpu, groups: number): [number, number] {
-  const max = gpu.caps.limits.maxComputeWorkgroupsPerDimension;
-  const x = Math.max(1, Math.min(groups, max));
-  return [x, Math.ceil(groups / x)];
-}
-
 function checkN(n: number, what: string): void {
   if (!Number.isInteger(n) || n <= 0) {
     throw new RangeError(`${what}: element count ${n} must be a positive integer`);
@@ -213,7 +206,7 @@ export async function adamw(enc: Encoder, args: AdamWArgs): Promise<void> {
       pipeline,
       params(main, 0),
       ranges.map((r) => ({ buffer: r.buffer, offset: r.offset, size: main * 4 })),
-      grid(enc.gpu, Math.ceil(main / 4 / ADAMW_UNITS / 256)),
+      workgroupGrid(enc.gpu.caps, Math.ceil(main / 4 / ADAMW_UNITS / 256)),
     );
   }
   if (main < n) {
@@ -344,7 +337,7 @@ export async function adamw8bit(enc: Encoder, args: AdamW8bitArgs): Promise<void
         ...absmax,
         maps,
       ],
-      grid(enc.gpu, Math.ceil(main / ADAMW8BIT_BLOCK / ADAMW8BIT_BLOCKS_PER_GROUP)),
+      workgroupGrid(enc.gpu.caps, Math.ceil(main / ADAMW8BIT_BLOCK / ADAMW8BIT_BLOCKS_PER_GROUP)),
     );
   }
   if (main < n) {
@@ -460,7 +453,7 @@ export async function gradClip(
       pipeline,
       new Uint8Array(params),
       [args.stats, g.buffer],
-      grid(enc.gpu, Math.ceil(g.n / 256)),
+      workgroupGrid(enc.gpu.caps, Math.ceil(g.n / 256)),
     );
   }
 }
@@ -479,6 +472,11 @@ export async function gradUnscale(
     const params = new ArrayBuffer(8);
     new Uint32Array(params, 0, 1)[0] = g.n;
     new Float32Array(params, 4, 1)[0] = 1 / args.lossScale;
-    enc.dispatch(pipeline, new Uint8Array(params), [g.buffer], grid(enc.gpu, Math.ceil(g.n / 256)));
+    enc.dispatch(
+      pipeline,
+      new Uint8Array(params),
+      [g.buffer],
+      workgroupGrid(enc.gpu.caps, Math.ceil(g.n / 256)),
+    );
   }
 }
