@@ -4,7 +4,8 @@
 //   param[N] f32 (read-write), grad[N] f32
 //   m_codes, v_codes: N bytes, 4 per u32 (element 4w+k in byte k of word w), read-write
 //   m_absmax, v_absmax: f32 [ceil(N / 256)], read-write
-//   maps: f32 [512], the signed map then the unsigned map (createDynamicMap)
+//   maps: f32 [512], the signed map then the unsigned map (createDynamicMap), then their rank
+//         tables as u32 [2 * RANK_WORDS] (rankTable, for the first guess of the code search)
 // Per element, in f32: with a finite gradient g,
 //   v = beta2 v + (1 - beta2) g^2;  m = beta1 m + (1 - beta1) g;
 //   p += step_size * m / (sqrt(v) + c2 eps)   (step_size = -lr c2 / c1, c1 = 1 - beta1^t, c2 = sqrt(1 - beta2^t))
@@ -49,6 +50,12 @@ struct Params {
 const WG = 256u;
 // Blocks per workgroup of `main`: WG / 64 blocks at a time, twice.
 const BLOCKS = 8u;
+
+// Rank tables (optim.ts rankTable): bucket 1 starts at 2^-22 (biased exponent RANK_LOW);
+// RANK_BUCKETS u8 counts per map, 4 per word, RANK_WORDS words per map.
+const RANK_LOW = 105;
+const RANK_BUCKETS = 2818;
+const RANK_WORDS = 705u;
 
 // The signed map at 0, the unsigned map at 256.
 var<workgroup> qmap: array<f32, 512>;
@@ -98,20 +105,16 @@ fn max4(v: vec4<f32>) -> f32 {
   return max(max(v.x, v.y), max(v.z, v.w));
 }
 
-/** Approximately how many entries of a map's positive part lie below 0 <= a <= 1. Decade d = 0..6
- * of the part holds 2^(d + shift) entries 10^(d-6) * (0.1 + (j + 0.5) * 0.9 / 2^(d + shift))
- * (shift 0 for the signed map, 1 for the unsigned), after 2^(d + shift) - 1 - shift entries of
- * lower decades. The decade comes from log2 and 10^(6 - d) from exp2, both approximate: a value
- * near a decade's edge may land in the neighbouring decade, where the clamped position in the
- * decade gives the same count or one off, and `quantize` steps to the exact count. */
-fn positive_rank(a: f32, shift: u32) -> i32 {
-  let df = clamp(floor(log2(a) * 0.30103) + 7.0, 0.0, 6.0);
-  let d = u32(df);
-  let inv = exp2((6.0 - df) * 3.3219281);
-  let count = 1u << (d + shift);
-  let c = f32(count);
-  let j = clamp(ceil((a * inv - 0.1) * c * (1.0 / 0.9) - 0.5), 0.0, c);
-  return i32(count) - 1 - i32(shift) + i32(j);
+/** Approximately how many entries of a map's positive part lie below 0 <= a (<= 1 up to rounding):
+ * the count below the lowest value of a's bucket, read from the map's rank table (`table` =
+ * RANK_WORDS for the unsigned map's). Buckets are the f32 values that share their exponent and top
+ * 7 mantissa bits, from 2^-22 (bucket 1; bucket 0 takes everything smaller) to 1.0 (the last one,
+ * which also takes anything larger); each holds at most one entry, so the count is exact or one
+ * short, and `quantize` steps to the exact count. */
+fn positive_rank(a: f32, table: u32) -> u32 {
+  let bucket = u32(clamp(i32(bitcast<u32>(a) >> 16u) - RANK_LOW * 128 + 1, 0, RANK_BUCKETS - 1));
+  let word = bitcast<u32>(maps[2u * WG + table + bucket / 4u]);
+  return (word >> (8u * (bucket & 3u))) & 255u;
 }
 
 /** A code and its map value. */
@@ -124,27 +127,18 @@ struct Code {
  * (from index 127, steps 64 .. 1, then one more comparison) walks a complete search tree whose
  * leaves are the even indices 0 .. 254, and ends between k - 1 and k, where k is the number of
  * entries 0 .. 254 below x; it returns the nearer of map[k - 1] and map[k] (map[255] = 1 for k =
- * 255; 0 for k = 0), a tie at their f32 midpoint going to the leaf, the even one. Here k starts
- * from `guess` and steps to the exact count (a step or none for a close guess). */
-fn quantize(x: f32, base: u32, guess: i32) -> Code {
-  var k = u32(clamp(guess, 0, 255));
-  var hi = qmap[base + k];
-  var lo = qmap[base + max(k, 1u) - 1u];
-  // k moves one way only (after a step up x > lo holds, after a step down x > hi fails), so the
-  // loop ends within 255 steps.
-  loop {
-    if (k < 255u && x > hi) {
-      k += 1u;
-      lo = hi;
-      hi = qmap[base + k];
-    } else if (k > 0u && !(x > lo)) {
-      k -= 1u;
-      hi = lo;
-      lo = qmap[base + max(k, 1u) - 1u];
-    } else {
-      break;
-    }
-  }
+ * 255; 0 for k = 0), a tie at their f32 midpoint going to the leaf, the even one. `guess` is k or
+ * one short of it (`below` false) or k or one over (`below` true, only for x <= 0 in the signed
+ * map): one step, and the three map entries it may need are read at once. */
+fn quantize(x: f32, base: u32, guess: u32, below: bool) -> Code {
+  let at = qmap[base + guess];
+  let before = qmap[base + max(guess, 1u) - 1u];
+  let beyond = qmap[base + select(min(guess + 1u, 255u), max(guess, 2u) - 2u, below)];
+  let up = !below && guess < 255u && x > at;
+  let down = below && guess > 0u && !(x > before);
+  let k = select(select(guess, guess + 1u, up), guess - 1u, down);
+  let hi = select(select(at, beyond, up), before, down);
+  let lo = select(select(before, at, up), beyond, down);
   if (k == 0u) {
     return Code(0u, hi);
   }
@@ -160,7 +154,8 @@ fn codes(s1: f32, s2: f32, nm: f32, nv: f32, valid: bool) -> vec2<u32> {
   var qm = 255u;
   if (nm > 0.0) {
     let x = s1 / nm;
-    let c = quantize(x, 0u, select(127 - positive_rank(abs(x), 0u), 128 + positive_rank(x, 0u), x > 0.0));
+    let r = positive_rank(abs(x), 0u);
+    let c = quantize(x, 0u, select(127u - r, 128u + r, x > 0.0), !(x > 0.0));
     qm = c.q;
     if ((bitcast<u32>(c.value) >> 31u) != (bitcast<u32>(s1) >> 31u)) {
       qm = select(qm - 1u, qm + 1u, s1 > 0.0) & 255u;
@@ -169,7 +164,7 @@ fn codes(s1: f32, s2: f32, nm: f32, nv: f32, valid: bool) -> vec2<u32> {
   var qv = 0u;
   if (nv > 0.0) {
     let x = s2 / nv;
-    qv = quantize(x, 256u, select(0, 1 + positive_rank(x, 1u), x > 0.0)).q;
+    qv = quantize(x, 256u, select(0u, 1u + positive_rank(x, RANK_WORDS), x > 0.0), false).q;
   }
   return select(vec2<u32>(0u), vec2<u32>(qm, qv), valid);
 }
@@ -217,6 +212,13 @@ fn update(t: u32, a: Quad, b: Quad) -> array<Quad, 2> {
   return array<Quad, 2>(finish(a, ma, r.x, r.y), finish(b, mb, r.z, r.w));
 }
 
+/** Copies the maps into workgroup memory (`update` waits for it); the rank tables are read from
+ * `maps` itself, through the cache. */
+fn load_maps(t: u32) {
+  qmap[t] = maps[t];
+  qmap[WG + t] = maps[WG + t];
+}
+
 @compute @workgroup_size(WG)
 fn main(
   @builtin(workgroup_id) wg: vec3<u32>,
@@ -229,8 +231,7 @@ fn main(
   if (first * 64u >= quads) {
     return;
   }
-  qmap[t] = maps[t];
-  qmap[WG + t] = maps[WG + t];
+  load_maps(t);
   let block0 = first + t / 64u;
   let block1 = block0 + 4u;
   let q0 = block0 * 64u + (t & 63u);
@@ -275,8 +276,7 @@ fn main(
 @compute @workgroup_size(WG)
 fn tail(@builtin(local_invocation_id) lid: vec3<u32>) {
   let t = lid.x;
-  qmap[t] = maps[t];
-  qmap[WG + t] = maps[WG + t];
+  load_maps(t);
   let e = 4u * t;
   var a: Quad;
   if (t < 64u) {

@@ -84,16 +84,50 @@ export function createDynamicMap(signed: boolean, { vectorWidth = 0 }: { vectorW
   return Float32Array.from(data.sort((a, b) => a - b));
 }
 
+/** Biased f32 exponent of the lowest bucket of the rank tables (2^-22, below every nonzero entry of
+ * either map); RANK_LOW in adamw8bit.wgsl. */
+const RANK_LOW_EXPONENT = 105;
+/** Buckets of a rank table: 0 for a < 2^-22, then one per f32 exponent and top 7 mantissa bits
+ * from 2^-22 up to 1.0 (the bucket that holds 1.0 and anything above it). */
+export const RANK_BUCKETS = 2 + (127 - RANK_LOW_EXPONENT) * 128;
+
+/** For each bucket of positive f32 values (see RANK_BUCKETS), how many entries of the map's
+ * positive part (entries 0 .. 254 above 0) lie below the bucket's lowest value. Within a bucket
+ * lies at most one entry of either map, so for any a in the bucket this count is the exact count
+ * below a or one less. */
+export function rankTable(map: Float32Array): Uint8Array {
+  const table = new Uint8Array(RANK_BUCKETS);
+  const bits = new Uint32Array(1);
+  const value = new Float32Array(bits.buffer);
+  for (let b = 1; b < RANK_BUCKETS; b++) {
+    bits[0] = ((RANK_LOW_EXPONENT << 7) + b - 1) << 16;
+    let count = 0;
+    for (let i = 0; i < 255; i++) if (map[i] > 0 && map[i] < value[0]) count++;
+    table[b] = count;
+  }
+  return table;
+}
+
+/** Words of the packed rank tables that follow the two maps in dynamicMapsBuffer. */
+export const RANK_TABLE_WORDS = Math.ceil(RANK_BUCKETS / 4);
+
 const mapBuffers = new WeakMap<Gpu, GPUBuffer>();
 
-/** The signed then the unsigned dynamic map, f32 [512], uploaded once per device. */
+/** The signed then the unsigned dynamic map (f32 [512]), then their rank tables (u8 [RANK_BUCKETS]
+ * each, 4 per u32, each table padded to RANK_TABLE_WORDS words); uploaded once per device. */
 export function dynamicMapsBuffer(gpu: Gpu): GPUBuffer {
   let buf = mapBuffers.get(gpu);
   if (!buf) {
-    const maps = new Float32Array(512);
-    maps.set(createDynamicMap(true), 0);
-    maps.set(createDynamicMap(false), 256);
-    buf = upload(gpu, maps, "optimizer", "adamw8bit.maps");
+    const signed = createDynamicMap(true);
+    const unsigned = createDynamicMap(false);
+    const data = new Uint32Array(512 + 2 * RANK_TABLE_WORDS);
+    const maps = new Float32Array(data.buffer, 0, 512);
+    maps.set(signed, 0);
+    maps.set(unsigned, 256);
+    const tables = new Uint8Array(data.buffer, 512 * 4);
+    tables.set(rankTable(signed), 0);
+    tables.set(rankTable(unsigned), RANK_TABLE_WORDS * 4);
+    buf = upload(gpu, data, "optimizer", "adamw8bit.maps");
     mapBuffers.set(gpu, buf);
   }
   return buf;

@@ -63,8 +63,9 @@ export function quantizeDynamic(map: ArrayLike<number>, x: number, signed: boole
     }
     val = map[pivot];
   }
-  if (x > val) return x > (upper + val) * 0.5 ? upperPivot : pivot;
-  return x < (lower + val) * 0.5 ? lowerPivot : pivot;
+  // The midpoints in f32, as the CUDA kernel forms them.
+  if (x > val) return x > Math.fround(upper + val) * 0.5 ? upperPivot : pivot;
+  return x < Math.fround(lower + val) * 0.5 ? lowerPivot : pivot;
 }
 
 function signBit(x: number): boolean {

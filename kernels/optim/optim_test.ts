@@ -14,6 +14,7 @@ import { assertClose, gpuTest, Rng, testSeed } from "../../engine/testing.ts";
 import {
   adamw,
   adamw8bit,
+  ADAMW8BIT_MIN_SIZE,
   type AdamWHyper,
   createAdamW8bitState,
   createDynamicMap,
@@ -23,6 +24,8 @@ import {
   gradStatsWorkspaceBytes,
   type GradTensor,
   gradUnscale,
+  RANK_BUCKETS,
+  rankTable,
 } from "./optim.ts";
 import { adamw8bitRef, adamwRef, clipFactorRef, gradStatsRef } from "./optim_ref.ts";
 
@@ -52,6 +55,34 @@ Deno.test("optim: dynamic maps match bitsandbytes' create_dynamic_map", () => {
     // Smallest entries: 10^-6 times the midpoint of linspace(0.1, 1, 2) and of linspace(0.1, 1, 3).
     if (Math.abs(s[128] - 0.55e-6) > 1e-12) throw new Error(`${where}: signed map[128] = ${s[128]}`);
     if (Math.abs(u[1] - 0.325e-6) > 1e-12) throw new Error(`${where}: unsigned map[1] = ${u[1]}`);
+  }
+});
+
+Deno.test("optim: rank tables count each map's positive entries below every bucket", () => {
+  const bits = new Uint32Array(1);
+  const value = new Float32Array(bits.buffer);
+  for (const signed of [true, false]) {
+    const map = createDynamicMap(signed);
+    const table = rankTable(map);
+    const name = signed ? "signed" : "unsigned";
+    if (table.length !== RANK_BUCKETS || table[0] !== 0) {
+      throw new Error(`${name}: table must start with bucket 0 = 0`);
+    }
+    // Bucket b >= 1 starts at the f32 with bits (105 * 128 + b - 1) << 16 (2^-22 for b = 1).
+    for (let b = 1; b < RANK_BUCKETS; b++) {
+      bits[0] = (105 * 128 + b - 1) << 16;
+      const below = map.filter((x, i) => i < 255 && x > 0 && x < value[0]).length;
+      if (table[b] !== below) {
+        throw new Error(`${name}: bucket ${b} (from ${value[0]}) holds ${table[b]}, expected ${below}`);
+      }
+      // The kernel's first guess is off by at most one only if a bucket holds at most one entry.
+      if (b > 1 && table[b] - table[b - 1] > 1) {
+        throw new Error(`${name}: bucket ${b - 1} holds more than one entry`);
+      }
+    }
+    if (table[1] !== 0 || table[RANK_BUCKETS - 1] !== (signed ? 127 : 254)) {
+      throw new Error(`${name}: first and last buckets hold ${table[1]} and ${table[RANK_BUCKETS - 1]}`);
+    }
   }
 });
 
@@ -212,6 +243,87 @@ async function checkAdamW8bit(
     throw new Error(`seed ${seed}: ${nearMidpoint} of ${total} codes off by one`);
   }
 }
+
+/** The f32 values next to x on both sides. */
+function f32Neighbours(x: number): number[] {
+  const bits = new Int32Array(new Float32Array([x]).buffer)[0];
+  return [bits - 1, bits + 1].map((b) => new Float32Array(new Int32Array([b]).buffer)[0]);
+}
+
+await gpuTest("optim: AdamW 8-bit codes of map entries, f32 midpoints and their neighbours", async (gpu) => {
+  // With beta1 = beta2 = 0 from a zero state the new m is the gradient and v its square; a 1 at the
+  // head of every block makes both block maxima 1, so the kernel quantizes exactly these values.
+  // Ties at a midpoint and values on an entry are where a search that is one off shows.
+  const mapM = createDynamicMap(true);
+  const mapV = createDynamicMap(false);
+  const around = (map: Float32Array) => {
+    const out: number[] = [];
+    for (let i = 0; i < 256; i++) {
+      const mid = i < 255 ? [Math.fround(map[i] + map[i + 1]) * 0.5] : [];
+      for (const x of [map[i], ...mid]) out.push(x, ...(x === 0 ? [1e-30, -1e-30] : f32Neighbours(x)));
+    }
+    return out.filter((x) => Math.abs(x) <= 1);
+  };
+  // m: the signed map's values themselves. v: 12-bit roundings of the square roots of the unsigned
+  // map's values and their neighbours (squares exact in f32), and of 1/4096 steps around them.
+  const twelveBits = (x: number) => {
+    const e = 2 ** (Math.floor(Math.log2(x)) - 11);
+    return Math.round(x / e) * e;
+  };
+  const forV = around(mapV).filter((x) => x > 0).flatMap((x) => {
+    const r = twelveBits(Math.sqrt(x));
+    const e = 2 ** (Math.floor(Math.log2(r)) - 11);
+    return [r - e, r, r + e].filter((y) => y > 0 && y <= 1);
+  });
+  const hyperZero: AdamWHyper = { lr: 1e-3, beta1: 0, beta2: 0, eps: 1e-8, weightDecay: 0, step: 1 };
+  for (const [name, values] of [["signed map", around(mapM)], ["unsigned map", forV]] as const) {
+    const blocks = Math.max(Math.ceil(values.length / 255), ADAMW8BIT_MIN_SIZE / 256);
+    const n = blocks * 256;
+    const g = new Float32Array(n);
+    for (let b = 0; b < blocks; b++) {
+      g[b * 256] = 1;
+      g.set(values.slice(b * 255, b * 255 + 255), b * 256 + 1);
+    }
+    const state = createAdamW8bitState(gpu, n);
+    const pBuf = uploadF32(gpu, new Float64Array(n));
+    const gBuf = upload(gpu, g);
+    try {
+      const enc = new Encoder(gpu);
+      await adamw8bit(enc, { param: pBuf, grad: gBuf, state, hyper: hyperZero });
+      await enc.submit();
+      const zero = new Uint8Array(n);
+      const want = adamw8bitRef(
+        new Float64Array(n),
+        g,
+        zero,
+        zero,
+        new Float32Array(blocks),
+        new Float32Array(blocks),
+        hyperZero,
+        mapM,
+        mapV,
+      );
+      for (
+        const [which, got, exp, norm] of [
+          ["m", await readU8(gpu, state.m, n), want.codesM, want.normM],
+          ["v", await readU8(gpu, state.v, n), want.codesV, want.normV],
+        ] as const
+      ) {
+        // The m run's squares round in f32 on the GPU, so only its m codes are exact by construction.
+        if (name === "signed map" && which === "v") continue;
+        for (let i = 0; i < n; i++) {
+          if (got[i] !== exp[i]) {
+            throw new Error(`${name}: ${which} code [${i}] = ${got[i]} for ${norm[i]}, expected ${exp[i]}`);
+          }
+        }
+      }
+    } finally {
+      state.destroy();
+      pBuf.destroy();
+      gBuf.destroy();
+    }
+  }
+});
 
 await gpuTest("optim: AdamW 8-bit keeps f32 states for small tensors (bitsandbytes order)", async (gpu) => {
   const seed = testSeed();
