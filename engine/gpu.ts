@@ -96,6 +96,42 @@ export class GpuError extends Error {
 let dawnGpu: GPU | undefined;
 const dawnGpus = new Map<string, GPU>();
 
+/** How long a chain of Dawn's completion polls runs at full speed before pacePolling slows it. */
+const FAST_POLL_MS = 2;
+let pollingPaced = false;
+
+/** Dawn's Node binding (npm:webgpu) learns that GPU work has finished by polling: while a
+ * mapAsync or onSubmittedWorkDone is pending, it schedules a poll with `setImmediate` from native
+ * code, processes Dawn's events in it and schedules the next. Under Deno that chain spins at tens
+ * of thousands of polls a second and every poll leaves garbage behind for V8; during a wait of a
+ * second or more the main thread then stalls in collection for 0.3-1.5 s at a time, and finished
+ * work is reported that much later (bench/NOTES.md). The binding looks `setImmediate` up for every
+ * poll, so this paces it: a chain of calls made from inside the previous one's callback runs at
+ * full speed for its first FAST_POLL_MS (short waits, such as a decode step's, stay prompt) and
+ * then hops through setTimeout(0), a poll every millisecond or two. A setImmediate called from
+ * anywhere else starts a new chain and runs at once. */
+function pacePolling(): void {
+  if (pollingPaced) return;
+  pollingPaced = true;
+  const immediate = globalThis.setImmediate;
+  let chainStart = 0;
+  let inPoll = false;
+  const paced = (callback: (...args: unknown[]) => void, ...args: unknown[]) => {
+    const now = performance.now();
+    if (!inPoll) chainStart = now;
+    const run = () => {
+      inPoll = true;
+      try {
+        callback(...args);
+      } finally {
+        inPoll = false;
+      }
+    };
+    return immediate(now - chainStart < FAST_POLL_MS ? run : () => setTimeout(run, 0));
+  };
+  globalThis.setImmediate = paced as typeof globalThis.setImmediate;
+}
+
 async function gpuObject(backend: Backend, adapterName?: string): Promise<GPU> {
   if (backend === "deno") {
     if (!("gpu" in navigator) || !navigator.gpu) {
@@ -121,6 +157,7 @@ async function gpuObject(backend: Backend, adapterName?: string): Promise<GPU> {
   const flags = [...DAWN_FLAGS];
   if (Deno.env.get("DAWN_ROBUSTNESS") !== "1") flags[0] += ",disable_robustness";
   if (adapterName) flags.push(`adapter=${adapterName}`);
+  pacePolling();
   const gpu = mod.create(flags) as GPU;
   if (key) dawnGpus.set(key, gpu);
   else dawnGpu = gpu;
