@@ -26,7 +26,7 @@ export const SPLIT_K_WORKSPACE_BYTES = 8 * 2 ** 20;
 /** A product splits only with K >= SPLIT_K_MIN_K (shorter ones take microseconds either way) and
  * below SPLIT_K_WORKGROUPS output tiles, into about as many splits as bring it there, each reducing
  * at least SPLIT_K_MIN elements of K. */
-const SPLIT_K_MIN_K = 2048;
+const SPLIT_K_MIN_K = 1024;
 const SPLIT_K_MIN = 256;
 const SPLIT_K_WORKGROUPS = 256;
 /** K per split is a multiple of this (the K step of both kernels divides it). */
