@@ -11,14 +11,30 @@ export const DTYPE_BYTES: Record<DType, number> = { f32: 4, f16: 2, u8: 1, u32: 
 const STORAGE = 0x80 | 0x04 | 0x08; // STORAGE | COPY_SRC | COPY_DST
 const MAP_READ_COPY_DST = 0x01 | 0x08;
 
-const accounted = new WeakMap<GPUBuffer, { gpu: Gpu; category: MemoryCategory; bytes: number }>();
+const accounted = new WeakMap<
+  GPUBuffer,
+  { gpu: Gpu; category: MemoryCategory; bytes: number; usage: number }
+>();
 
 /** Rounds a byte size up to the 4-byte granularity that storage buffers and copies need. */
 export function paddedBytes(bytes: number): number {
   return Math.max(4, Math.ceil(bytes / 4) * 4);
 }
 
-/** A storage buffer (also copy source and destination) counted in the gpu's memory ledger. */
+/** Released storage buffers kept for reuse, by byte size, per Gpu. Creating a large buffer costs the
+ * driver a fresh allocation (about a millisecond on an H100 through Vulkan) and Dawn a zero fill on
+ * first use; a training step creates and frees the same activation sizes in every layer, so reuse
+ * keeps that off the critical path. Contents of a reused buffer are undefined, as for any new
+ * buffer: kernels write every output element (the kernel tests poison outputs to check). Queue order
+ * makes reuse safe: a buffer is released only after the commands that use it were submitted, so its
+ * next owner's commands and writes come after them. */
+const pools = new WeakMap<Gpu, Map<number, GPUBuffer[]>>();
+
+/** Pooled bytes per Gpu above which released buffers are destroyed instead. */
+export const BUFFER_POOL_MAX_BYTES = 4 * 2 ** 30;
+
+/** A storage buffer (also copy source and destination) counted in the gpu's memory ledger; storage
+ * buffers come from the pool of released ones of the same size when it holds one. */
 export function createBuffer(
   gpu: Gpu,
   bytes: number,
@@ -32,20 +48,83 @@ export function createBuffer(
       `Buffer "${label}" needs ${size} bytes; ${gpu.name} allows at most ${gpu.caps.limits.maxBufferSize}.`,
     );
   }
-  const buffer = gpu.device.createBuffer({ size, usage, label });
-  accounted.set(buffer, { gpu, category, bytes: size });
+  const reused = usage === STORAGE ? pools.get(gpu)?.get(size)?.pop() : undefined;
+  if (reused) gpu.memory.unpool(size);
+  const buffer = reused ?? gpu.device.createBuffer({ size, usage, label });
+  accounted.set(buffer, { gpu, category, bytes: size, usage });
   gpu.memory.add(category, size);
   return buffer;
 }
 
-/** Destroys a buffer made by createBuffer and takes it off the ledger. */
+/** Per Gpu: encoders made and not yet submitted (engine/encoder.ts reports them), and the storage
+ * buffers released while one was open. Such a buffer may still be named by an unsubmitted
+ * encoder, whose commands would run after those of the buffer's next owner (or after its next
+ * owner's upload, which the queue runs at once): it joins the pool only once no encoder is open. */
+const openEncoders = new WeakMap<Gpu, number>();
+const held = new WeakMap<Gpu, GPUBuffer[]>();
+
+/** An encoder of `gpu` was made. */
+export function encoderOpened(gpu: Gpu): void {
+  openEncoders.set(gpu, (openEncoders.get(gpu) ?? 0) + 1);
+}
+
+/** An encoder of `gpu` was submitted: with none open, the held buffers join the pool. */
+export function encoderSubmitted(gpu: Gpu): void {
+  const open = Math.max(0, (openEncoders.get(gpu) ?? 0) - 1);
+  openEncoders.set(gpu, open);
+  const list = held.get(gpu);
+  if (open === 0 && list?.length) {
+    for (const b of list) poolList(gpu, b.size).push(b);
+    list.length = 0;
+  }
+}
+
+function poolList(gpu: Gpu, bytes: number): GPUBuffer[] {
+  let pool = pools.get(gpu);
+  if (!pool) pools.set(gpu, pool = new Map());
+  let list = pool.get(bytes);
+  if (!list) pool.set(bytes, list = []);
+  return list;
+}
+
+/** Takes a buffer made by createBuffer off the ledger and frees it: a storage buffer goes to the
+ * pool for reuse (while the pool holds less than BUFFER_POOL_MAX_BYTES; after the submit of the
+ * encoders open at the time), any other is destroyed. */
 export function releaseBuffer(buffer: GPUBuffer): void {
   const entry = accounted.get(buffer);
-  if (entry) {
-    entry.gpu.memory.remove(entry.category, entry.bytes);
-    accounted.delete(buffer);
+  if (!entry) {
+    buffer.destroy();
+    return;
+  }
+  accounted.delete(buffer);
+  const { gpu, category, bytes, usage } = entry;
+  gpu.memory.remove(category, bytes);
+  if (usage === STORAGE && gpu.memory.report().pooledBytes + bytes <= BUFFER_POOL_MAX_BYTES) {
+    if ((openEncoders.get(gpu) ?? 0) > 0) {
+      let list = held.get(gpu);
+      if (!list) held.set(gpu, list = []);
+      list.push(buffer);
+    } else {
+      poolList(gpu, bytes).push(buffer);
+    }
+    gpu.memory.pool(bytes);
+    return;
   }
   buffer.destroy();
+}
+
+/** Destroys every pooled buffer of `gpu` (e.g. between phases whose buffer sizes differ), and the
+ * held ones too when no encoder is open. */
+export function trimBufferPool(gpu: Gpu): void {
+  const lists = [...(pools.get(gpu)?.values() ?? [])];
+  if ((openEncoders.get(gpu) ?? 0) === 0) lists.push(held.get(gpu) ?? []);
+  for (const list of lists) {
+    for (const b of list) {
+      gpu.memory.unpool(b.size);
+      b.destroy();
+    }
+    list.length = 0;
+  }
 }
 
 type Uploadable = Float32Array | Uint16Array | Uint8Array | Uint32Array | Int32Array;

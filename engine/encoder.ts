@@ -4,6 +4,7 @@
 // storage buffers follow at bindings 1, 2, ... in the order the launcher passes them.
 // Parameters of all dispatches of an encoder share uniform chunks written once at submit.
 
+import { encoderOpened, encoderSubmitted } from "./buffers.ts";
 import type { Capabilities, Gpu } from "./gpu.ts";
 import { dispatchLabel } from "./profile.ts";
 
@@ -57,6 +58,7 @@ export class Encoder {
       if (!gpu.caps.timestamps) throw new Error(`${gpu.name} has no timestamp-query`);
       this.#querySet = gpu.device.createQuerySet({ type: "timestamp", count: 2 });
     }
+    encoderOpened(gpu);
   }
 
   get dispatches(): number {
@@ -174,6 +176,7 @@ export class Encoder {
     const queue = this.gpu.device.queue;
     for (const c of this.#chunks) queue.writeBuffer(c.buffer, 0, c.data, 0, c.used);
     queue.submit([this.#commands.finish()]);
+    encoderSubmitted(this.gpu);
     // Queue order makes the chunks safe to rewrite by the next encoder right away.
     const pool = freeChunks.get(this.gpu) ?? [];
     freeChunks.set(this.gpu, pool);

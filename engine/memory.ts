@@ -1,4 +1,6 @@
-// Byte accounting of GPU buffers: live and peak bytes, in total and by category.
+// Byte accounting of GPU buffers: live and peak bytes, in total and by category, and the bytes of
+// released buffers kept in the pool for reuse (engine/buffers.ts), which still occupy the GPU: the
+// peak counts them.
 
 export type MemoryCategory =
   | "weights"
@@ -18,7 +20,11 @@ export const MEMORY_CATEGORIES: readonly MemoryCategory[] = [
 ];
 
 export interface MemoryReport {
+  /** Bytes of buffers in use (pooled ones not counted). */
   liveBytes: number;
+  /** Bytes of released buffers kept for reuse. */
+  pooledBytes: number;
+  /** Highest live + pooled bytes: what the GPU held. */
   peakBytes: number;
   live: Record<MemoryCategory, number>;
   /** Bytes of each category at the moment the total peaked. */
@@ -33,13 +39,29 @@ export class MemoryLedger {
   #live = zeros();
   #atPeak = zeros();
   #liveBytes = 0;
+  #pooledBytes = 0;
   #peakBytes = 0;
 
   add(category: MemoryCategory, bytes: number): void {
     this.#live[category] += bytes;
     this.#liveBytes += bytes;
-    if (this.#liveBytes > this.#peakBytes) {
-      this.#peakBytes = this.#liveBytes;
+    this.#notePeak();
+  }
+
+  /** A released buffer of `bytes` kept for reuse. */
+  pool(bytes: number): void {
+    this.#pooledBytes += bytes;
+    this.#notePeak();
+  }
+
+  /** A pooled buffer reused or destroyed. */
+  unpool(bytes: number): void {
+    this.#pooledBytes -= bytes;
+  }
+
+  #notePeak(): void {
+    if (this.#liveBytes + this.#pooledBytes > this.#peakBytes) {
+      this.#peakBytes = this.#liveBytes + this.#pooledBytes;
       this.#atPeak = { ...this.#live };
     }
   }
@@ -49,15 +71,16 @@ export class MemoryLedger {
     this.#liveBytes -= bytes;
   }
 
-  /** Starts a new peak window at the current live bytes. */
+  /** Starts a new peak window at the current live + pooled bytes. */
   resetPeak(): void {
-    this.#peakBytes = this.#liveBytes;
+    this.#peakBytes = this.#liveBytes + this.#pooledBytes;
     this.#atPeak = { ...this.#live };
   }
 
   report(): MemoryReport {
     return {
       liveBytes: this.#liveBytes,
+      pooledBytes: this.#pooledBytes,
       peakBytes: this.#peakBytes,
       live: { ...this.#live },
       atPeak: { ...this.#atPeak },

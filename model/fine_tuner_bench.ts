@@ -5,6 +5,7 @@
 //
 // Rows: llama_finetuner_step_8b (ms per optimizer step; tokens per second in the shape string).
 
+import { trimBufferPool } from "../engine/buffers.ts";
 import { type BenchContext, type BenchRow, gpuRow } from "../bench/harness.ts";
 import { Rng } from "../engine/rng.ts";
 import { LLAMA31_8B } from "./config.ts";
@@ -53,6 +54,7 @@ export default async function bench(ctx: BenchContext): Promise<BenchRow[]> {
     const strategy = createStrategy("qlora");
     const runDir = await Deno.makeTempDir({ prefix: "finetuner_bench_" });
     // Peak of this run's own buffers: what other benches of the process hold is left out.
+    trimBufferPool(gpu);
     const base = gpu.memory.report().liveBytes;
     gpu.memory.resetPeak();
     const llama = await strategy.createModel(

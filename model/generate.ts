@@ -27,7 +27,14 @@
 // LoRA: applied in every linear (base product plus s·(x A^T) B^T), or, for an f16 base with
 // `merge`, folded once into private copies of the base weights: W' = W + s·B·A (f16).
 
-import { createBuffer, readBytes, releaseBuffer, upload, writeBuffer } from "../engine/buffers.ts";
+import {
+  createBuffer,
+  readBytes,
+  releaseBuffer,
+  trimBufferPool,
+  upload,
+  writeBuffer,
+} from "../engine/buffers.ts";
 import { bindGroupEntries, type Binding, Encoder } from "../engine/encoder.ts";
 import type { Gpu } from "../engine/gpu.ts";
 import { add, attention, type Linear, linear, rmsnorm, rope, swiglu } from "../engine/ops.ts";
@@ -590,6 +597,7 @@ export class KvCacheModel {
     this.#copyLogits(enc);
     await enc.submit();
     x.release();
+    for (const dev of this.#devices) trimBufferPool(dev.gpu);
     this.#ids = Array.from(ids);
     return await this.#readLogits();
   }

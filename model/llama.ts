@@ -25,6 +25,7 @@ import {
   readF16,
   readF32,
   releaseBuffer,
+  trimBufferPool,
   upload,
   writeBuffer,
 } from "../engine/buffers.ts";
@@ -621,6 +622,8 @@ export class Llama implements LlamaModel {
     try {
       const head = await this.#head(out, labels, gradScale);
       out.release();
+      // The head's logits chunks have sizes no block uses: free them before the backward.
+      this.#trimPools();
       let dh = head.dx!;
       for (let i = this.#layers.length - 1; i >= 0; i--) {
         const layer = this.#layers[i];
@@ -643,7 +646,15 @@ export class Llama implements LlamaModel {
     } finally {
       for (const t of inputs) t.release();
       for (const b of positions.values()) releaseBuffer(b);
+      this.#trimPools();
     }
+  }
+
+  /** Frees the buffers a pass released to the pool: its layers reuse each other's activation buffers,
+   * and the next pass (another sequence length) starts from an empty pool, so pooled buffers never
+   * outlive the pass that made them. */
+  #trimPools(): void {
+    for (const gpu of this.gpus) trimBufferPool(gpu);
   }
 
   async loss(ids: Int32Array, labels: Int32Array): Promise<LossSum> {
@@ -655,6 +666,7 @@ export class Llama implements LlamaModel {
     } finally {
       out.release();
       for (const b of positions.values()) releaseBuffer(b);
+      this.#trimPools();
     }
   }
 
@@ -693,6 +705,7 @@ export class Llama implements LlamaModel {
       out.release();
       releaseBuffer(result);
       for (const b of positions.values()) releaseBuffer(b);
+      this.#trimPools();
     }
   }
 

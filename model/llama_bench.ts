@@ -3,6 +3,7 @@
 // rows qlora_step_8b (ms) and qlora_step_8b_peak_gb (the measured peak GiB in `ms`, rates null).
 // Quick: a tiny config at T = 128.
 
+import { trimBufferPool } from "../engine/buffers.ts";
 import { formatGaps, formatProfile, profileGpu } from "../engine/profile.ts";
 import { type BenchContext, type BenchRow, gpuRow } from "../bench/harness.ts";
 import { LLAMA31_8B } from "./config.ts";
@@ -35,6 +36,7 @@ export default async function bench(ctx: BenchContext): Promise<BenchRow[]> {
         planMemory({ config, T, r, targets: lora.targets, baseFormat: "nf4", optimizerBytesPerParam: 0 }),
       ),
     );
+    trimBufferPool(gpu);
     const base = gpu.memory.report().liveBytes;
     const model = await randomLlama(config, 1, { gpus: gpu, lora, baseFormat: "nf4" });
     try {

@@ -1,4 +1,5 @@
 import { ok as assert } from "node:assert";
+import { trimBufferPool } from "../engine/buffers.ts";
 import { gpuTest } from "../engine/testing.ts";
 import { planMemory } from "./memory_plan.ts";
 import { randomLlama } from "./llama.ts";
@@ -39,6 +40,7 @@ for (const baseFormat of ["f16", "nf4"] as const) {
   await gpuTest(`memory plan (${baseFormat}): prediction within 10% of the measured peak`, async (gpu) => {
     const T = 64;
     const lora = { r: 8, alpha: 16, dropout: 0, targets: [...ALL_LORA_TARGETS], useRslora: false };
+    trimBufferPool(gpu);
     const base = gpu.memory.report().liveBytes;
     const model = await randomLlama(SMALL, 1, { gpus: gpu, lora, baseFormat });
     try {
