@@ -22,12 +22,12 @@ export function paddedBytes(bytes: number): number {
 }
 
 /** Released storage buffers kept for reuse, by byte size, per Gpu. Creating a large buffer costs the
- * driver a fresh allocation (about a millisecond on an H100 through Vulkan) and Dawn a zero fill on
- * first use; a training step creates and frees the same activation sizes in every layer, so reuse
- * keeps that off the critical path. Contents of a reused buffer are undefined, as for any new
- * buffer: kernels write every output element (the kernel tests poison outputs to check). Queue order
- * makes reuse safe: a buffer is released only after the commands that use it were submitted, so its
- * next owner's commands and writes come after them. */
+ * driver a fresh allocation and Dawn a zero fill on first use; a training step creates and frees the
+ * same activation sizes in every layer, so reuse keeps that off the critical path. Contents of a
+ * reused buffer are undefined, as for any new buffer: kernels write every output element (the
+ * kernel tests poison outputs to check). Queue order makes reuse safe once the commands that used a
+ * buffer were submitted: its next owner's commands and writes come after them (a buffer released
+ * while an encoder is open is held back until then, below). */
 const pools = new WeakMap<Gpu, Map<number, GPUBuffer[]>>();
 
 /** Pooled bytes per Gpu above which released buffers are destroyed instead. */

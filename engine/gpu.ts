@@ -103,9 +103,9 @@ let pollingPaced = false;
 /** Dawn's Node binding (npm:webgpu) learns that GPU work has finished by polling: while a
  * mapAsync or onSubmittedWorkDone is pending, it schedules a poll with `setImmediate` from native
  * code, processes Dawn's events in it and schedules the next. Under Deno that chain spins at tens
- * of thousands of polls a second and every poll leaves garbage behind for V8; during a wait of a
- * second or more the main thread then stalls in collection for 0.3-1.5 s at a time, and finished
- * work is reported that much later (bench/NOTES.md). The binding looks `setImmediate` up for every
+ * of thousands of polls a second and the V8 heap swells with garbage; during a wait of a second or
+ * more the main thread then stalls for 0.3-1.5 s at a time (apparently in garbage collection), and
+ * finished work is reported that much later (bench/NOTES.md). The binding looks `setImmediate` up for every
  * poll, so this paces it: a chain of calls made from inside the previous one's callback runs at
  * full speed for its first FAST_POLL_MS (short waits, such as a decode step's, stay prompt) and
  * then hops through setTimeout(0), a poll every millisecond or two. A setImmediate called from

@@ -9,6 +9,7 @@ import {
   uploadF32,
 } from "../../engine/buffers.ts";
 import { Encoder } from "../../engine/encoder.ts";
+import { matmulRef } from "../matmul/matmul_ref.ts";
 import type { Gpu } from "../../engine/gpu.ts";
 import { assertClose, gpuTest, rms, Rng, testSeed } from "../../engine/testing.ts";
 import {
@@ -234,27 +235,6 @@ interface MatmulCase {
   lowRank?: { R: number; s: number };
 }
 
-/** alpha * s * U[T,R] · F: F(j, n) = f[n * R + j] ("fwd", F = B [N, R]) or f[j * N + n] ("dx", F = A [R, N]). */
-function lowRankRef(
-  u: ArrayLike<number>,
-  f: ArrayLike<number>,
-  T: number,
-  N: number,
-  R: number,
-  mode: Nf4MatmulMode,
-  alphaS: number,
-): Float64Array {
-  const y = new Float64Array(T * N);
-  for (let t = 0; t < T; t++) {
-    for (let n = 0; n < N; n++) {
-      let acc = 0;
-      for (let j = 0; j < R; j++) acc += u[t * R + j] * (mode === "fwd" ? f[n * R + j] : f[j * N + n]);
-      y[t * N + n] = alphaS * acc;
-    }
-  }
-  return y;
-}
-
 async function runMatmul(gpu: Gpu, variant: Nf4MatmulVariant, cs: MatmulCase, rng: Rng): Promise<void> {
   const { T, mode, outType } = cs;
   const host = nf4QuantizeRef(Float32Array.from(rng.normals(cs.out * cs.in, 0.05)), cs.out, cs.in);
@@ -294,7 +274,10 @@ async function runMatmul(gpu: Gpu, variant: Nf4MatmulVariant, cs: MatmulCase, rn
     const label =
       `${variant} ${mode} T=${T} [${cs.out}, ${cs.in}] out ${outType} alpha ${cs.alpha} beta ${cs.beta}` +
       (cs.lowRank ? ` + rank ${R} s ${cs.lowRank.s}` : "");
-    const extra = cs.lowRank ? lowRankRef(u, f, T, N, R, mode, cs.alpha * cs.lowRank.s) : undefined;
+    // alpha * s * U[T,R] · F, with F = B [N, R] ("fwd", an nt product) or A [R, N] ("dx", nn).
+    const extra = cs.lowRank
+      ? matmulRef(u, f, T, N, R, mode === "fwd" ? "nt" : "nn", { alpha: cs.alpha * cs.lowRank.s })
+      : undefined;
     const check = (weights: Float64Array) => {
       const want = nf4MatmulRef(x, weights, T, cs.out, cs.in, mode, {
         alpha: cs.alpha,

@@ -51,11 +51,11 @@ const WG = 256u;
 // Blocks per workgroup of `main`: WG / 64 blocks at a time, twice.
 const BLOCKS = 8u;
 
-// Rank tables (optim.ts rankTable): bucket 1 starts at 2^-22 (biased exponent RANK_LOW);
-// RANK_BUCKETS u8 counts per map, 4 per word, RANK_WORDS words per map.
-const RANK_LOW = 105;
-const RANK_BUCKETS = 2818;
-const RANK_WORDS = 705u;
+// Rank tables (optim.ts rankTable; the launcher sets these): bucket 1 starts at the f32 biased
+// exponent RANK_LOW; RANK_BUCKETS u8 counts per map, 4 per word, RANK_WORDS words per map.
+override RANK_LOW: i32;
+override RANK_BUCKETS: i32;
+override RANK_WORDS: u32;
 
 // The signed map at 0, the unsigned map at 256.
 var<workgroup> qmap: array<f32, 512>;

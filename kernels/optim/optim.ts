@@ -85,7 +85,7 @@ export function createDynamicMap(signed: boolean, { vectorWidth = 0 }: { vectorW
 }
 
 /** Biased f32 exponent of the lowest bucket of the rank tables (2^-22, below every nonzero entry of
- * either map); RANK_LOW in adamw8bit.wgsl. */
+ * either map). The launcher passes the table layout to adamw8bit.wgsl as override constants. */
 const RANK_LOW_EXPONENT = 105;
 /** Buckets of a rank table: 0 for a < 2^-22, then one per f32 exponent and top 7 mantissa bits
  * from 2^-22 up to 1.0 (the bucket that holds 1.0 and anything above it). */
@@ -110,6 +110,7 @@ export function rankTable(map: Float32Array): Uint8Array {
 
 /** Words of the packed rank tables that follow the two maps in dynamicMapsBuffer. */
 export const RANK_TABLE_WORDS = Math.ceil(RANK_BUCKETS / 4);
+const RANK_CONSTANTS = { RANK_LOW: RANK_LOW_EXPONENT, RANK_BUCKETS, RANK_WORDS: RANK_TABLE_WORDS };
 
 const mapBuffers = new WeakMap<Gpu, GPUBuffer>();
 
@@ -359,7 +360,11 @@ export async function adamw8bit(enc: Encoder, args: AdamW8bitArgs): Promise<void
   const maps = dynamicMapsBuffer(enc.gpu);
   const absmax = [s.absmaxM!, s.absmaxV!];
   if (main > 0) {
-    const pipeline = await enc.gpu.pipelines.get({ shader: ADAMW8BIT, entry: "main" });
+    const pipeline = await enc.gpu.pipelines.get({
+      shader: ADAMW8BIT,
+      entry: "main",
+      constants: RANK_CONSTANTS,
+    });
     enc.dispatch(
       pipeline,
       params(main, 0),
@@ -375,7 +380,11 @@ export async function adamw8bit(enc: Encoder, args: AdamW8bitArgs): Promise<void
     );
   }
   if (main < n) {
-    const pipeline = await enc.gpu.pipelines.get({ shader: ADAMW8BIT, entry: "tail" });
+    const pipeline = await enc.gpu.pipelines.get({
+      shader: ADAMW8BIT,
+      entry: "tail",
+      constants: RANK_CONSTANTS,
+    });
     const tail = (r: Range, bytes: number) => ({
       buffer: r.buffer,
       offset: r.offset + main * bytes,
