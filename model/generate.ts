@@ -46,10 +46,10 @@ import { residualAdd } from "../kernels/elementwise/elementwise.ts";
 import { checkEmbeddingIds, embeddingForward } from "../kernels/embedding/embedding.ts";
 import { loraForward } from "../kernels/lora/lora.ts";
 import { matmul } from "../kernels/matmul/matmul.ts";
-import { matvec, matvecUnsupported } from "../kernels/matvec/matvec.ts";
+import { matvec, type MatvecArgs, matvecSwiglu, matvecUnsupported } from "../kernels/matvec/matvec.ts";
 import { nf4Matmul } from "../kernels/nf4/nf4.ts";
 import { rmsnormForward } from "../kernels/norm/rmsnorm.ts";
-import { ropeForward } from "../kernels/rope/rope.ts";
+import { ropeForward, ropeInvFreq, ropeRotation } from "../kernels/rope/rope.ts";
 import { swigluForward } from "../kernels/swiglu/swiglu.ts";
 import type { ChatMessage, ChatTemplate } from "../data/chat_template.ts";
 import { encodePrompt } from "../data/chat_template.ts";
@@ -89,6 +89,11 @@ interface LayerState {
    * each group as one product; absent where fewer than two of its projections take it. */
   attnLora?: LoraGroup;
   mlpLora?: LoraGroup;
+  /** Whether q and k run with their rotary embedding in the product (matvec's rope). */
+  fusedRope: boolean;
+  /** Whether gate, up and their SwiGLU run as one matvecSwiglu (NF4 bases, LoRA on both through
+   * mlpLora with one rank and scale, or on neither). */
+  fusedMlp: boolean;
 }
 
 /** The LoRA down-projections of projections that share their input, as one f16 product: a16 holds
@@ -268,6 +273,8 @@ interface DeviceState {
   u: GPUBuffer; // f16 [3 R] LoRA intermediate (one group's)
   rstd: GPUBuffer; // f32 [1]
   pos: GPUBuffer; // u32 [1]
+  /** f32 [D/2][2]: (cos, sin) of the decoded position's rotary angles (ropeRotation). */
+  rot: GPUBuffer;
   part: GPUBuffer; // decode attention workspace for n = Tmax
 }
 
@@ -300,6 +307,8 @@ export class KvCacheModel {
   #logitsRead!: GPUBuffer;
   /** Whether lm_head runs through the matvec kernel. */
   #fastHead = false;
+  /** f32 [D/2]: the rotary frequencies, for the decoded position's rotation. */
+  #invFreq: Float32Array;
   #idBuf!: GPUBuffer;
   #destroyed = false;
   /** Phase times of every step() so far (reset with resetDecodeTimes). */
@@ -315,6 +324,7 @@ export class KvCacheModel {
     this.#weights = weights;
     this.capacity = capacity;
     this.merged = merged;
+    this.#invFreq = ropeInvFreq(config.headDim, config.ropeTheta, config.ropeScaling ?? undefined);
   }
 
   /** Allocates the caches and the decode workspace for `model` (which must outlive this object). With
@@ -382,6 +392,7 @@ export class KvCacheModel {
           u: f16(3 * maxR, "decode.lora_u"),
           rstd: this.#keep(createBuffer(gpu, 4, "workspace", "decode.rstd")),
           pos: this.#keep(createBuffer(gpu, 4, "workspace", "decode.pos")),
+          rot: this.#keep(createBuffer(gpu, cfg.headDim * 4, "workspace", "decode.rope_rotation")),
           part: this.#keep(
             createBuffer(gpu, decodeAttentionWorkspaceBytes(H, D, Tmax), "workspace", "decode.attn_part"),
           ),
@@ -398,6 +409,7 @@ export class KvCacheModel {
       const cacheBytes = Tmax * bytesPerRow(cfg);
       const fast = {} as Record<LoraTarget, boolean>;
       for (const m of ALL_LORA_TARGETS) fast[m] = matvecFits(w.gpu, proj[m]);
+      const mlpLora = await this.#loraGroup(w.gpu, proj, fast, MLP_INPUT, `l${w.index}.mlp`);
       dev.layers.push({
         index: w.index,
         gpu: w.gpu,
@@ -409,7 +421,10 @@ export class KvCacheModel {
         k: this.#keep(createBuffer(w.gpu, cacheBytes, "activations", `kv.k${w.index}`)),
         v: this.#keep(createBuffer(w.gpu, cacheBytes, "activations", `kv.v${w.index}`)),
         attnLora: await this.#loraGroup(w.gpu, proj, fast, ATTN_INPUT, `l${w.index}.attn`),
-        mlpLora: await this.#loraGroup(w.gpu, proj, fast, MLP_INPUT, `l${w.index}.mlp`),
+        mlpLora,
+        fusedMlp: fusedMlpFits(w.gpu, proj.gate_proj, proj.up_proj, mlpLora),
+        fusedRope: fast.q_proj && fast.k_proj && proj.q_proj.base.kind === "nf4" &&
+          proj.k_proj.base.kind === "nf4" && cfg.headDim % 4 === 0,
       });
     }
     const first = this.#devices[0].gpu;
@@ -616,6 +631,7 @@ export class KvCacheModel {
       const dev = this.#devices[d];
       const gpu = dev.gpu;
       writeBuffer(gpu, dev.pos, Uint32Array.of(n));
+      writeBuffer(gpu, dev.rot, ropeRotation(this.#invFreq, n));
       if (d === 0) writeBuffer(gpu, this.#idBuf, Int32Array.of(id));
       else {
         const prev = this.#devices[d - 1];
@@ -637,10 +653,27 @@ export class KvCacheModel {
         const f = layer.fast;
         await rmsnormForward(enc, { x: dev.x, w: layer.attnNorm, y: dev.h, rstd: dev.rstd, T: 1, C, eps });
         const attnU = await loraGroupProduct(enc, layer.attnLora, dev.h, dev.u);
-        await linear1(enc, p.q_proj, f.q_proj, dev.h, dev.q, dev.u, undefined, 0, attnU.q_proj);
-        await linear1(enc, p.k_proj, f.k_proj, dev.h, dev.k, dev.u, undefined, 0, attnU.k_proj);
         // v goes straight into cache row n where the matvec kernel runs it; k into it through RoPE.
         const rowElems = KVH * D;
+        if (layer.fusedRope) {
+          const rope = { headDim: D, rotation: dev.rot };
+          await linear1(enc, p.q_proj, true, dev.h, dev.qr, dev.u, undefined, 0, attnU.q_proj, rope);
+          await linear1(
+            enc,
+            p.k_proj,
+            true,
+            dev.h,
+            layer.k,
+            dev.u,
+            undefined,
+            n * rowElems,
+            attnU.k_proj,
+            rope,
+          );
+        } else {
+          await linear1(enc, p.q_proj, f.q_proj, dev.h, dev.q, dev.u, undefined, 0, attnU.q_proj);
+          await linear1(enc, p.k_proj, f.k_proj, dev.h, dev.k, dev.u, undefined, 0, attnU.k_proj);
+        }
         if (f.v_proj) {
           await linear1(
             enc,
@@ -657,25 +690,27 @@ export class KvCacheModel {
           await linear1(enc, p.v_proj, f.v_proj, dev.h, dev.v, dev.u);
           enc.copy(dev.v, 0, layer.v, n * row, row);
         }
-        await ropeForward(enc, {
-          x: dev.q,
-          out: dev.qr,
-          positions: dev.pos,
-          invFreq: layer.invFreq,
-          T: 1,
-          heads: H,
-          D,
-        });
-        await ropeForward(enc, {
-          x: dev.k,
-          out: layer.k,
-          outOffset: n * rowElems,
-          positions: dev.pos,
-          invFreq: layer.invFreq,
-          T: 1,
-          heads: KVH,
-          D,
-        });
+        if (!layer.fusedRope) {
+          await ropeForward(enc, {
+            x: dev.q,
+            out: dev.qr,
+            positions: dev.pos,
+            invFreq: layer.invFreq,
+            T: 1,
+            heads: H,
+            D,
+          });
+          await ropeForward(enc, {
+            x: dev.k,
+            out: layer.k,
+            outOffset: n * rowElems,
+            positions: dev.pos,
+            invFreq: layer.invFreq,
+            T: 1,
+            heads: KVH,
+            D,
+          });
+        }
         await decodeAttention(enc, {
           q: dev.qr,
           k: layer.k,
@@ -690,9 +725,26 @@ export class KvCacheModel {
         await linear1(enc, p.o_proj, f.o_proj, dev.o, dev.c, dev.u, dev.x);
         await rmsnormForward(enc, { x: dev.x, w: layer.mlpNorm, y: dev.h, rstd: dev.rstd, T: 1, C, eps });
         const mlpU = await loraGroupProduct(enc, layer.mlpLora, dev.h, dev.u);
-        await linear1(enc, p.gate_proj, f.gate_proj, dev.h, dev.g, dev.u, undefined, 0, mlpU.gate_proj);
-        await linear1(enc, p.up_proj, f.up_proj, dev.h, dev.up, dev.u, undefined, 0, mlpU.up_proj);
-        await swigluForward(enc, { g: dev.g, u: dev.up, h: dev.sw, n: I });
+        if (layer.fusedMlp) {
+          const projection = (lin: Linear, m: LoraTarget) => {
+            if (lin.base.kind !== "nf4") throw new Error(`l${layer.index}.${m}: fusedMlp needs an NF4 base`);
+            return { w: lin.base.w, second: lin.lora ? { w: lin.lora.b16, xOffset: mlpU[m] } : undefined };
+          };
+          const lora = p.gate_proj.lora;
+          await matvecSwiglu(enc, {
+            out: I,
+            in: C,
+            gate: projection(p.gate_proj, "gate_proj"),
+            up: projection(p.up_proj, "up_proj"),
+            x: dev.h,
+            lora: lora ? { K2: lora.R, alpha: lora.scale, x: dev.u } : undefined,
+            y: dev.sw,
+          });
+        } else {
+          await linear1(enc, p.gate_proj, f.gate_proj, dev.h, dev.g, dev.u, undefined, 0, mlpU.gate_proj);
+          await linear1(enc, p.up_proj, f.up_proj, dev.h, dev.up, dev.u, undefined, 0, mlpU.up_proj);
+          await swigluForward(enc, { g: dev.g, u: dev.up, h: dev.sw, n: I });
+        }
         await linear1(enc, p.down_proj, f.down_proj, dev.sw, dev.c, dev.u, dev.x);
         if (enc.dispatches >= SUBMIT_AFTER_DISPATCHES) {
           // The GPU starts on these layers while the CPU encodes the next ones.
@@ -781,6 +833,20 @@ export class KvCacheModel {
 }
 
 /** Whether the matvec kernels take this projection (base and, with LoRA, the A product). */
+/** Whether gate and up (at T = 1) fit matvecSwiglu: NF4 bases of one shape, and LoRA on neither or
+ * on both, with one rank and scale, their down-products in the MLP group. */
+function fusedMlpFits(gpu: Gpu, gate: Linear, up: Linear, group: LoraGroup | undefined): boolean {
+  if (gate.base.kind !== "nf4" || up.base.kind !== "nf4") return false;
+  if (gate.in !== up.in || gate.out !== up.out) return false;
+  const [a, b] = [gate.lora, up.lora];
+  if (!a !== !b) return false;
+  if (
+    a && b && (a.R !== b.R || a.scale !== b.scale || group?.offsets.gate_proj === undefined ||
+      group.offsets.up_proj === undefined)
+  ) return false;
+  return matvecUnsupported(gpu.caps, "nf4", { out: gate.out, in: gate.in, K2: a?.R ?? 0 }) === undefined;
+}
+
 function matvecFits(gpu: Gpu, lin: Linear): boolean {
   const caps = gpu.caps;
   const R = lin.lora?.R ?? 0;
@@ -823,8 +889,9 @@ async function linear1(
   addInto?: GPUBuffer,
   yOffset = 0,
   uOffset?: number,
+  rope?: MatvecArgs["rope"],
 ): Promise<void> {
-  if ((yOffset !== 0 || uOffset !== undefined) && !fast) {
+  if ((yOffset !== 0 || uOffset !== undefined || rope) && !fast) {
     throw new Error("linear1: an output offset or a shared LoRA product needs the matvec kernels");
   }
   if (fast) {
@@ -843,6 +910,7 @@ async function linear1(
       beta: addInto ? 1 : 0,
       K2: lora?.R,
       second: lora ? { w: lora.b16, x: u, alpha: lora.scale, xOffset: uOffset } : undefined,
+      rope,
     });
     return;
   }

@@ -1,6 +1,6 @@
-// The one launcher of the matvec family: the product of a weight matrix and ONE input row, the
-// linear layers of batch-1 decoding, where every weight byte is read once per token and the speed
-// is the memory bandwidth:
+// Launchers of the matvec family: the product of a weight matrix and ONE input row, the linear
+// layers of batch-1 decoding, where every weight byte is read once per token and the speed is the
+// memory bandwidth. `matvec`:
 //   y[o] = alpha · Σ_i W[o, i] x[i] + alpha2 · Σ_k W2[o, k] x2[k] + beta · y[o]      (o < out)
 // W is NF4 (the GPU layout of kernels/nf4/nf4.ts, dequantized on the fly; in % 32 == 0) or f16
 // [out, in] row-major (in % 8 == 0). The optional second product W2 x2 (W2 f16 [out, K2], x2 f16
@@ -18,6 +18,11 @@
 // slices of x in registers (as f32) across the 4 rows, issues the 8 code-word loads of the 4 rows
 // before the arithmetic, and decodes codes through a 16-entry table in workgroup memory (see
 // matvec_nf4.wgsl).
+// Fused forms for decoding, each saving dispatches (on an H100/H200 a dependent dispatch that spans
+// the GPU costs about 8-10 us beyond its memory traffic, and the host about 10-15 us to encode and
+// submit it): `matvec` with `rope` rotates the heads of a q or k projection at one position in the
+// product's epilogue (NF4), and `matvecSwiglu` computes the NF4 gate and up projections, with their
+// LoRA up-projections, in one pass over x and writes silu(gate) · up.
 // Variants:
 //   "subgroup"   reduction with subgroupAdd (adapters with subgroups of 4..32 invocations); f16 only
 //   "workgroup"  portable: a workgroup-memory tree reduction. The only NF4 variant: a subgroup
@@ -64,6 +69,13 @@ export function f16Lanes(out: number, inDim: number): number {
   return Math.min(256, Math.max(32, 2 ** Math.floor(Math.log2(Math.max(1, words / 2)))));
 }
 
+/** Threads per team of the NF4 swiglu entry, which gives each thread single code words (32
+ * elements) of its rows: one per word, a power of two in 32..256. */
+export function nf4SwigluTeam(inDim: number): number {
+  const words = Math.ceil(inDim / 32);
+  return Math.min(256, Math.max(32, 2 ** Math.ceil(Math.log2(Math.max(1, words)))));
+}
+
 /** Output rows per workgroup of 256 invocations. */
 export function matvecRowsPerWorkgroup(kind: MatvecWeight["kind"], out: number, inDim: number): number {
   return kind === "nf4" ? (256 / nf4Team(inDim)) * NF4_ROWS_PER_TEAM : 256 / f16Lanes(out, inDim);
@@ -97,6 +109,11 @@ export interface MatvecArgs extends MatvecShape {
    * x2 from element xOffset (default 0) of `x` (e.g. one projection's share of a u that several
    * projections' down-products filled in one product). */
   second?: { w: Binding; x: Binding; alpha: number; xOffset?: number };
+  /** NF4 only: the rotary embedding of the product's heads of headDim rows at one position
+   * (kernels/rope's rotate-half form); rotation f32 [headDim / 2][2] holds (cos, sin) of that
+   * position's angle per frequency (ropeRotation). Needs alpha 1 and beta 0; y gets the rotated
+   * f16 values. */
+  rope?: { headDim: number; rotation: Binding };
   variant?: MatvecVariant;
 }
 
@@ -182,8 +199,21 @@ export async function matvec(enc: Encoder, args: MatvecArgs): Promise<void> {
     }
     need("second.x", args.second.x, (xOffset + K2) * 2);
   }
+  const rope = args.rope;
+  if (rope) {
+    const D = rope.headDim;
+    if (w.kind !== "nf4") throw new Error(`${where}: the rotary embedding runs with NF4 weights only`);
+    if (!Number.isInteger(D) || D <= 0 || D % 4 !== 0 || out % D !== 0) {
+      throw new RangeError(`${where}: headDim = ${D} must be a multiple of 4 that divides out = ${out}`);
+    }
+    if ((args.alpha ?? 1) !== 1 || (args.beta ?? 0) !== 0 || args.yType !== "f16") {
+      throw new RangeError(`${where}: with the rotary embedding alpha is 1, beta 0 and y f16`);
+    }
+    need("rope.rotation", rope.rotation, D * 4);
+  }
   const pipeline = await enc.gpu.pipelines.get({
     shader: SHADERS[w.kind][variant]!,
+    entry: rope ? "rope" : "main",
     substitutions: { OUT: args.yType },
     constants: w.kind === "nf4" ? { TEAM: nf4Team(inDim) } : { LANES: f16Lanes(out, inDim) },
   });
@@ -191,13 +221,14 @@ export async function matvec(enc: Encoder, args: MatvecArgs): Promise<void> {
   const params = new ArrayBuffer(48);
   new Uint32Array(params, 0, 4).set([out, inDim, K2, g[0]]);
   new Float32Array(params, 16, 3).set([args.alpha ?? 1, args.second?.alpha ?? 0, args.beta ?? 0]);
-  new Uint32Array(params, 28, 2).set([yOffset, args.second?.xOffset ?? 0]);
+  new Uint32Array(params, 28, 4).set([yOffset, args.second?.xOffset ?? 0, 0, rope?.headDim ?? 0]);
   // Without a second product its two bindings take x (read-only, never read).
   const w2 = args.second?.w ?? args.x;
   const x2 = args.second?.x ?? args.x;
   const buffers: Binding[] = w.kind === "nf4"
     ? [args.x, w.w.codes, w.w.absmaxCodes, w.w.nested, w.w.dynmap, w2, x2, args.y]
     : [args.x, w.w, w2, x2, args.y];
+  if (rope) buffers.push(rope.rotation);
   enc.dispatch(pipeline, new Uint8Array(params), buffers, g);
 }
 
@@ -215,4 +246,87 @@ export function matvecBytes(
   const weight = kind === "nf4" ? n / 2 + blocks + (1 + Math.ceil(blocks / 256)) * 4 + 256 * 4 : n * 2;
   const y = out * (yType === "f32" ? 4 : 2) * (beta !== 0 ? 2 : 1);
   return weight + inDim * 2 + K2 * (out + 1) * 2 + y;
+}
+
+/** One projection of matvecSwiglu: its NF4 weight and its optional LoRA up-projection. */
+export interface SwigluProjection {
+  w: Nf4Weight;
+  /** alpha2 · W2 x2 added before rounding (W2 f16 [out, K2], x2 from element xOffset). */
+  second?: { w: Binding; xOffset?: number };
+}
+
+export interface MatvecSwigluArgs {
+  out: number;
+  in: number;
+  gate: SwigluProjection;
+  up: SwigluProjection;
+  /** f16 [in]. */
+  x: Binding;
+  /** LoRA: width, scale and the f16 input that both second products read from. */
+  lora?: { K2: number; alpha: number; x: Binding };
+  /** f16 [out] from element yOffset on: silu(gate) · up. */
+  y: Binding;
+  yOffset?: number;
+}
+
+/** Encodes y = silu(f16(G x + s·BG x2)) · f16(U x + s·BU x2) for the NF4 gate and up projections of a
+ * Llama MLP (kernels/swiglu's rounding): one dispatch, each slice of x read once for both. */
+export async function matvecSwiglu(enc: Encoder, args: MatvecSwigluArgs): Promise<void> {
+  const { out, in: inDim, gate, up, lora } = args;
+  const K2 = lora?.K2 ?? 0;
+  const where = `matvecSwiglu nf4 [${out}, ${inDim}]${K2 ? ` + f16 [${out}, ${K2}]` : ""}`;
+  const why = matvecUnsupported(enc.gpu.caps, "nf4", { out, in: inDim, K2 }, "workgroup");
+  if (why) throw new Error(`${where} on ${enc.gpu.name}: ${why}`);
+  for (const [name, p] of [["gate", gate], ["up", up]] as const) {
+    if (p.w.out !== out || p.w.in !== inDim) {
+      throw new RangeError(`${where}: the ${name} weight is [${p.w.out}, ${p.w.in}]; pass its shape`);
+    }
+    if (!lora !== !p.second) throw new RangeError(`${where}: give lora and both second products, or neither`);
+  }
+  const need = (name: string, b: Binding, bytes: number) => {
+    if (b.size < bytes) throw new RangeError(`${where}: ${name} has ${b.size} bytes, needs ${bytes}`);
+  };
+  need("x", args.x, inDim * 2);
+  const yOffset = args.yOffset ?? 0;
+  need("y", args.y, (yOffset + out) * 2);
+  const blocks = Math.ceil((out * inDim) / 64);
+  for (const [name, p] of [["gate", gate], ["up", up]] as const) {
+    need(`${name}.codes`, p.w.codes, (out * inDim) / 2);
+    need(`${name}.absmaxCodes`, p.w.absmaxCodes, Math.ceil(blocks / 4) * 4);
+    need(`${name}.nested`, p.w.nested, (1 + Math.ceil(blocks / 256)) * 4);
+    need(`${name}.dynmap`, p.w.dynmap, 256 * 4);
+    if (p.second) {
+      need(`${name}.second.w`, p.second.w, out * K2 * 2);
+      need("lora.x", lora!.x, ((p.second.xOffset ?? 0) + K2) * 2);
+    }
+  }
+  const team = nf4SwigluTeam(inDim);
+  const pipeline = await enc.gpu.pipelines.get({
+    shader: SHADERS.nf4.workgroup!,
+    entry: "swiglu",
+    substitutions: { OUT: "f16" },
+    constants: { TEAM: team },
+  });
+  const g = workgroupGrid(enc.gpu.caps, Math.ceil(out / ((256 / team) * NF4_ROWS_PER_TEAM)));
+  const params = new ArrayBuffer(48);
+  new Uint32Array(params, 0, 4).set([out, inDim, K2, g[0]]);
+  new Float32Array(params, 16, 3).set([1, lora?.alpha ?? 0, 0]);
+  new Uint32Array(params, 28, 3).set([yOffset, gate.second?.xOffset ?? 0, up.second?.xOffset ?? 0]);
+  // Without LoRA the second products' bindings take x (read-only, never read).
+  const x2 = lora?.x ?? args.x;
+  enc.dispatch(pipeline, new Uint8Array(params), [
+    args.x,
+    gate.w.codes,
+    gate.w.absmaxCodes,
+    gate.w.nested,
+    gate.w.dynmap,
+    gate.second?.w ?? args.x,
+    x2,
+    args.y,
+    up.w.codes,
+    up.w.absmaxCodes,
+    up.w.nested,
+    up.second?.w ?? args.x,
+    up.w.dynmap,
+  ], g);
 }

@@ -18,6 +18,15 @@
 // TEAM / 32 sums in order.
 // Rows past OUT load row OUT - 1 and are never written; every
 // load is in bounds. beta 0 never reads y.
+//
+// Entry `swiglu`: the gate and up projections of a Llama MLP in one pass, and their SwiGLU:
+//   g = f16(sum_i G[o, i] x[i] + alpha2 * sum_k BG[o, k] x2[p.x2_off + k])
+//   u = f16(sum_i U[o, i] x[i] + alpha2 * sum_k BU[o, k] x2[p.x2_off_u + k])
+//   y[p.y_off + o] = f16(g * sigmoid(g) * u)        (f32 inside, as kernels/swiglu; o < OUT)
+// G (codes, absq, nested, dynmap) and U (codes_u, absq_u, nested_u, dynmap_u) NF4 [OUT, IN],
+// BG (w2) and BU (w2_u) f16 [OUT, K2] (K2 = 0: no LoRA products). A team of TEAM threads computes
+// RPT rows of both weights; thread t owns the code words t, t + TEAM, ... of its rows and converts
+// each 32-element slice of x once for the 2 * RPT rows. alpha and beta are not used.
 enable f16;
 
 struct Params {
@@ -30,6 +39,8 @@ struct Params {
   beta: f32,
   y_off: u32, // elements of y before row 0
   x2_off: u32, // elements of x2 before its first
+  x2_off_u: u32, // swiglu: elements of x2 before the up projection's first
+  D: u32, // rope: head dimension (a multiple of 4)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -41,6 +52,12 @@ struct Params {
 @group(0) @binding(6) var<storage, read> w2: array<f16>;
 @group(0) @binding(7) var<storage, read> x2: array<f16>;
 @group(0) @binding(8) var<storage, read_write> y: array<{{OUT}}>;
+// swiglu: the up projection's weight and LoRA factor.
+@group(0) @binding(9) var<storage, read> codes_u: array<vec4<u32>>;
+@group(0) @binding(10) var<storage, read> absq_u: array<u32>;
+@group(0) @binding(11) var<storage, read> nested_u: array<f32>;
+@group(0) @binding(12) var<storage, read> w2_u: array<f16>;
+@group(0) @binding(13) var<storage, read> dynmap_u: array<f32>;
 
 /** Threads per team (one team per RPT rows): a power of two, 32..256. */
 override TEAM: u32 = 64u;
@@ -55,8 +72,10 @@ const NF4 = array<u32, 16>(
 
 var<workgroup> lut: array<f32, 16>;
 var<workgroup> dyn: array<f32, 256>;
-// One vec4 (the 4 rows) per invocation.
+var<workgroup> dyn_u: array<f32, 256>; // swiglu: the up projection's map
+// One vec4 (the 4 rows) per invocation; swiglu: the up rows in red_u.
 var<workgroup> red: array<vec4<f32>, WG>;
+var<workgroup> red_u: array<vec4<f32>, WG>;
 
 // 32 elements of x as f32.
 struct X32 {
@@ -114,6 +133,15 @@ fn absmax4(blk: vec4<u32>) -> vec4<f32> {
   return vec4<f32>(absmax(blk.x), absmax(blk.y), absmax(blk.z), absmax(blk.w));
 }
 
+fn absmax_u(blk: u32) -> f32 {
+  let q = (absq_u[blk >> 2u] >> ((blk & 3u) * 8u)) & 0xffu;
+  return dyn_u[q] * nested_u[1u + (blk >> 8u)] + nested_u[0];
+}
+
+fn absmax4_u(blk: vec4<u32>) -> vec4<f32> {
+  return vec4<f32>(absmax_u(blk.x), absmax_u(blk.y), absmax_u(blk.z), absmax_u(blk.w));
+}
+
 // alpha * (W x) + alpha2 * (W2 x2) for rows r, this thread's share.
 fn rows4(r: vec4<u32>, t: u32) -> vec4<f32> {
   let nw = p.IN / 32u;
@@ -157,11 +185,33 @@ fn rows4(r: vec4<u32>, t: u32) -> vec4<f32> {
   return acc;
 }
 
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+// Codebook and dynamic map into workgroup memory (call first, from uniform control flow).
+fn load_tables(li: u32) {
   if (li < 16u) { lut[li] = bitcast<f32>(NF4[li]); }
   dyn[li] = dynmap[li];
   workgroupBarrier();
+}
+
+// Sums acc over each 32-invocation slice of red (the result in the slice's first invocation).
+fn reduce_slices(li: u32, acc: vec4<f32>) {
+  red[li] = acc;
+  workgroupBarrier();
+  for (var s = 16u; s > 0u; s >>= 1u) {
+    if (li % 32u < s) { red[li] += red[li + s]; }
+    workgroupBarrier();
+  }
+}
+
+// After reduce_slices: the team's total of row slot `slot` (0..RPT-1) of team `team`.
+fn team_total(team: u32, slot: u32) -> f32 {
+  var v = 0.0;
+  for (var k = 0u; k < TEAM; k += 32u) { v += red[team * TEAM + k][slot]; }
+  return v;
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  load_tables(li);
   let rowsPerWg = (WG / TEAM) * RPT;
   let first = (wg.y * p.gx + wg.x) * rowsPerWg;
   let row0 = first + (li / TEAM) * RPT;
@@ -171,19 +221,121 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let r = min(vec4<u32>(row0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(last));
     acc = rows4(r, li % TEAM);
   }
-  red[li] = acc;
-  workgroupBarrier();
-  for (var s = 16u; s > 0u; s >>= 1u) {
-    if (li % 32u < s) { red[li] += red[li + s]; }
-    workgroupBarrier();
-  }
+  reduce_slices(li, acc);
   // One invocation per row of the workgroup: row first + li is row li % RPT of team li / RPT.
   let o = first + li;
   if (li < rowsPerWg && o < p.OUT) {
-    let s0 = (li / RPT) * TEAM;
-    var v = 0.0;
-    for (var k = 0u; k < TEAM; k += 32u) { v += red[s0 + k][li % RPT]; }
+    var v = team_total(li / RPT, li % RPT);
     if (p.beta != 0.0) { v += p.beta * f32(y[p.y_off + o]); }
     y[p.y_off + o] = {{OUT}}(v);
+  }
+}
+
+// Entry `rope`: the q or k projection followed by its rotary embedding (kernels/rope, rotate-half
+// form) at one position; OUT = heads * p.D. With v = f16(main's row value) for row h * D + i:
+//   y[h*D + i]       = v[i] * c_i - v[i + D/2] * s_i        (i < D/2)
+//   y[h*D + i + D/2] = v[i + D/2] * c_i + v[i] * s_i
+// where rot[i] = (c_i, s_i), the cosine and sine of the position's angle for frequency i; f32
+// inside, one rounding. A team computes rows (j, j + 1, j + D/2, j + D/2 + 1) of one head (j even),
+// so each rotated pair lies in one team. alpha 1, beta 0.
+@group(0) @binding(9) var<storage, read> rot: array<vec2<f32>>;
+
+@compute @workgroup_size(WG)
+fn rope(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  load_tables(li);
+  let teamsPerWg = WG / TEAM;
+  let quarter = p.D / 4u;
+  let team0 = (wg.y * p.gx + wg.x) * teamsPerWg;
+  let team = team0 + li / TEAM;
+  var acc = vec4<f32>(0.0);
+  if (team * RPT < p.OUT) {
+    let base = (team / quarter) * p.D + 2u * (team % quarter);
+    let half = p.D / 2u;
+    acc = rows4(vec4<u32>(base, base + 1u, base + half, base + half + 1u), li % TEAM);
+  }
+  reduce_slices(li, acc);
+  let t = team0 + li / RPT;
+  if (li < teamsPerWg * RPT && t * RPT < p.OUT) {
+    let slot = li % RPT;
+    let v = f32(f16(team_total(li / RPT, slot)));
+    let partner = f32(f16(team_total(li / RPT, slot ^ 2u)));
+    let i = 2u * (t % quarter) + (slot & 1u);
+    let cs = rot[i];
+    var out = v * cs.x - partner * cs.y;
+    if (slot >= 2u) { out = v * cs.x + partner * cs.y; }
+    let row = (t / quarter) * p.D + i + select(0u, p.D / 2u, slot >= 2u);
+    y[p.y_off + row] = {{OUT}}(out);
+  }
+}
+
+// The team's sums of its 32-invocation slices of red (x) and red_u (y) for invocation li < RPT *
+// teams of the workgroup: row li % RPT of team li / RPT.
+fn team_sums(li: u32) -> vec2<f32> {
+  let s0 = (li / RPT) * TEAM;
+  var v = vec2<f32>(0.0);
+  for (var k = 0u; k < TEAM; k += 32u) { v += vec2<f32>(red[s0 + k][li % RPT], red_u[s0 + k][li % RPT]); }
+  return v;
+}
+
+@compute @workgroup_size(WG)
+fn swiglu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  dyn_u[li] = dynmap_u[li];
+  load_tables(li);
+  let rowsPerWg = (WG / TEAM) * RPT;
+  let first = (wg.y * p.gx + wg.x) * rowsPerWg;
+  let row0 = first + (li / TEAM) * RPT;
+  let t = li % TEAM;
+  var accg = vec4<f32>(0.0);
+  var accu = vec4<f32>(0.0);
+  if (row0 < p.OUT) {
+    let r = min(vec4<u32>(row0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.OUT - 1u));
+    let nw = p.IN / 32u;
+    for (var w = t; w < nw; w += TEAM) {
+      let g = r * nw + w;
+      let gx = codes[g.x];
+      let gy = codes[g.y];
+      let gz = codes[g.z];
+      let gw = codes[g.w];
+      let ux = codes_u[g.x];
+      let uy = codes_u[g.y];
+      let uz = codes_u[g.z];
+      let uw = codes_u[g.w];
+      let xv = load_x(w);
+      let blk = g >> vec4<u32>(1u);
+      let sg = vec4<f32>(dot32(gx, xv), dot32(gy, xv), dot32(gz, xv), dot32(gw, xv));
+      let su = vec4<f32>(dot32(ux, xv), dot32(uy, xv), dot32(uz, xv), dot32(uw, xv));
+      accg = fma(absmax4(blk), sg, accg);
+      accu = fma(absmax4_u(blk), su, accu);
+    }
+    if (p.K2 > 0u) {
+      var s2g = vec4<f32>(0.0);
+      var s2u = vec4<f32>(0.0);
+      let b = r * p.K2;
+      for (var k = t; k < p.K2; k += TEAM) {
+        let wg4 = vec4<f32>(f32(w2[b.x + k]), f32(w2[b.y + k]), f32(w2[b.z + k]), f32(w2[b.w + k]));
+        let wu4 = vec4<f32>(f32(w2_u[b.x + k]), f32(w2_u[b.y + k]), f32(w2_u[b.z + k]), f32(w2_u[b.w + k]));
+        s2g = fma(wg4, vec4<f32>(f32(x2[p.x2_off + k])), s2g);
+        s2u = fma(wu4, vec4<f32>(f32(x2[p.x2_off_u + k])), s2u);
+      }
+      accg = fma(vec4<f32>(p.alpha2), s2g, accg);
+      accu = fma(vec4<f32>(p.alpha2), s2u, accu);
+    }
+  }
+  red[li] = accg;
+  red_u[li] = accu;
+  workgroupBarrier();
+  for (var s = 16u; s > 0u; s >>= 1u) {
+    if (li % 32u < s) {
+      red[li] += red[li + s];
+      red_u[li] += red_u[li + s];
+    }
+    workgroupBarrier();
+  }
+  let o = first + li;
+  if (li < rowsPerWg && o < p.OUT) {
+    let gu = vec2<f32>(vec2<f16>(team_sums(li)));
+    let g = gu.x;
+    let u = gu.y;
+    y[p.y_off + o] = {{OUT}}(g * (1.0 / (1.0 + exp(-g))) * u);
   }
 }

@@ -19,8 +19,10 @@ import type { Gpu } from "../../engine/gpu.ts";
 import { assertClose, gpuTest, rms, Rng, testSeed } from "../../engine/testing.ts";
 import { nf4Release, nf4Upload } from "../nf4/nf4.ts";
 import { nf4DequantRef, nf4QuantizeRef } from "../nf4/nf4_ref.ts";
-import { matvec, type MatvecArgs, matvecUnsupported, type MatvecVariant } from "./matvec.ts";
+import { matvec, type MatvecArgs, matvecSwiglu, matvecUnsupported, type MatvecVariant } from "./matvec.ts";
 import { matvecRef } from "./matvec_ref.ts";
+import { ropeInvFreq, ropeRotation } from "../rope/rope.ts";
+import { LLAMA31_8B } from "../../model/config.ts";
 
 interface Case {
   kind: "nf4" | "f16";
@@ -202,6 +204,182 @@ await gpuTest(
     }
   },
 );
+
+interface SwigluCase {
+  out: number;
+  in: number;
+  /** LoRA rank (0: none) and the elements of the shared x2 before gate's and up's slices. */
+  K2: number;
+  offsets: [number, number];
+  yOffset: number;
+}
+
+const SWIGLU_CASES: SwigluCase[] = [
+  { out: 77, in: 2048, K2: 0, offsets: [0, 0], yOffset: 0 },
+  // 33 code words per row (teams of 64, a ragged step), a ragged last workgroup.
+  { out: 300, in: 1056, K2: 5, offsets: [0, 5], yOffset: 3 },
+  // The 8B MLP's row length with a LoRA of rank 64: u = [gate's 64 | up's 64].
+  { out: 37, in: 4096, K2: 64, offsets: [0, 64], yOffset: 0 },
+  // Rows of 514 words: two passes of a team of 256.
+  { out: 9, in: 16448, K2: 3, offsets: [7, 2], yOffset: 0 },
+];
+
+function silu(g: number): number {
+  return g / (1 + Math.exp(-g));
+}
+
+async function runSwigluCase(gpu: Gpu, c: SwigluCase, seed: number): Promise<void> {
+  const rng = new Rng(seed);
+  const label = `seed ${seed} swiglu ${JSON.stringify(c)}`;
+  const x = roundToF16(uniform(rng, c.in, 1));
+  const hosts = [0, 1].map(() =>
+    nf4QuantizeRef(Float32Array.from(uniform(rng, c.out * c.in, 0.1)), c.out, c.in)
+  );
+  const ws = hosts.map((h) => nf4Upload(gpu, h, "matvec swiglu test"));
+  const owned: GPUBuffer[] = [];
+  const keep = (b: GPUBuffer) => (owned.push(b), b);
+  try {
+    const b2 = [0, 1].map(() => roundToF16(uniform(rng, c.out * c.K2, 0.5)));
+    const x2Len = Math.max(c.offsets[0], c.offsets[1]) + c.K2;
+    const x2 = roundToF16(uniform(rng, x2Len, 2));
+    const y = keep(createBuffer(gpu, (c.yOffset + c.out + 4) * 2, "workspace", "y"));
+    poison(gpu, y, "f16");
+    const xb = keep(uploadF16(gpu, x));
+    const lora = c.K2 > 0 ? { K2: c.K2, alpha: 1.5, x: keep(uploadF16(gpu, x2)) } : undefined;
+    const proj = (i: number) => ({
+      w: ws[i],
+      second: lora ? { w: keep(uploadF16(gpu, b2[i])), xOffset: c.offsets[i] } : undefined,
+    });
+    const enc = new Encoder(gpu, { label: "matvec swiglu test" });
+    await matvecSwiglu(enc, {
+      out: c.out,
+      in: c.in,
+      gate: proj(0),
+      up: proj(1),
+      x: xb,
+      lora,
+      y,
+      yOffset: c.yOffset,
+    });
+    await enc.submit();
+    const all = await readAs(gpu, y, "f16", c.yOffset + c.out + 4);
+    for (let i = 0; i < all.length; i++) {
+      if ((i < c.yOffset || i >= c.yOffset + c.out) && !Number.isNaN(all[i])) {
+        throw new Error(`${label}: element ${i} of y lies outside the output and was written`);
+      }
+    }
+    const [g, u] = [0, 1].map((i) =>
+      roundToF16(matvecRef({
+        w: nf4DequantRef(hosts[i], { f16: false }),
+        out: c.out,
+        in: c.in,
+        x,
+        second: lora
+          ? { w: b2[i], x: x2.slice(c.offsets[i], c.offsets[i] + c.K2), K: c.K2, alpha: 1.5 }
+          : undefined,
+      }))
+    );
+    const want = g.map((gi, o) => silu(gi) * u[o]);
+    const got = Array.from(all).slice(c.yOffset, c.yOffset + c.out);
+    // g and u may round to neighbouring f16 values (2^-11 relative) where the f32 sum lies near a tie.
+    assertClose(got, want, { atol: 2e-3 * rms(want), rtol: 3e-3, label });
+  } finally {
+    ws.forEach((w) => nf4Release(w));
+    for (const b of owned) b.destroy();
+  }
+}
+
+await gpuTest("matvec: NF4 gate and up with their SwiGLU in one pass vs float64", async (gpu) => {
+  const seed = testSeed();
+  for (const c of SWIGLU_CASES) {
+    if (matvecUnsupported(gpu.caps, "nf4", c, "workgroup") === undefined) await runSwigluCase(gpu, c, seed);
+  }
+});
+
+interface RopeCase {
+  heads: number;
+  D: number;
+  in: number;
+  K2: number;
+  yOffset: number;
+}
+
+const ROPE_CASES: RopeCase[] = [
+  { heads: 3, D: 64, in: 1056, K2: 5, yOffset: 0 },
+  // The 8B k projection into a KV-cache row, LoRA rank 64.
+  { heads: 2, D: 128, in: 4096, K2: 64, yOffset: 256 * 5 },
+];
+
+async function runRopeCase(gpu: Gpu, c: RopeCase, seed: number): Promise<void> {
+  const rng = new Rng(seed);
+  const out = c.heads * c.D;
+  const position = Math.floor(rng.next() * 131072);
+  const label = `seed ${seed} rope at ${position} ${JSON.stringify(c)}`;
+  const x = roundToF16(uniform(rng, c.in, 1));
+  const host = nf4QuantizeRef(Float32Array.from(uniform(rng, out * c.in, 0.1)), out, c.in);
+  const w = nf4Upload(gpu, host, "matvec rope test");
+  const owned: GPUBuffer[] = [];
+  const keep = (b: GPUBuffer) => (owned.push(b), b);
+  try {
+    const b2 = roundToF16(uniform(rng, out * c.K2, 0.5));
+    const x2 = roundToF16(uniform(rng, c.K2, 2));
+    const rotation = ropeRotation(ropeInvFreq(c.D, 500000, LLAMA31_8B.ropeScaling ?? undefined), position);
+    const y = keep(createBuffer(gpu, (c.yOffset + out + 4) * 2, "workspace", "y"));
+    poison(gpu, y, "f16");
+    const enc = new Encoder(gpu, { label: "matvec rope test" });
+    await matvec(enc, {
+      w: { kind: "nf4", w },
+      out,
+      in: c.in,
+      K2: c.K2,
+      x: keep(uploadF16(gpu, x)),
+      y,
+      yOffset: c.yOffset,
+      yType: "f16",
+      second: { w: keep(uploadF16(gpu, b2)), x: keep(uploadF16(gpu, x2)), alpha: 0.5 },
+      rope: { headDim: c.D, rotation: keep(upload(gpu, rotation)) },
+    });
+    await enc.submit();
+    const all = await readAs(gpu, y, "f16", c.yOffset + out + 4);
+    for (let i = 0; i < all.length; i++) {
+      if ((i < c.yOffset || i >= c.yOffset + out) && !Number.isNaN(all[i])) {
+        throw new Error(`${label}: element ${i} of y lies outside the output and was written`);
+      }
+    }
+    const v = roundToF16(matvecRef({
+      w: nf4DequantRef(host, { f16: false }),
+      out,
+      in: c.in,
+      x,
+      second: { w: b2, x: x2, K: c.K2, alpha: 0.5 },
+    }));
+    const want = new Float64Array(out);
+    const half = c.D / 2;
+    for (let h = 0; h < c.heads; h++) {
+      for (let i = 0; i < half; i++) {
+        const [cos, sin] = [rotation[2 * i], rotation[2 * i + 1]];
+        const a = v[h * c.D + i], b = v[h * c.D + i + half];
+        want[h * c.D + i] = a * cos - b * sin;
+        want[h * c.D + i + half] = b * cos + a * sin;
+      }
+    }
+    const got = Array.from(all).slice(c.yOffset, c.yOffset + out);
+    // The rotated values may come from f16 neighbours of the reference's (ties of the f32 sums).
+    assertClose(got, want, { atol: 2e-3 * rms(want), rtol: 3e-3, label });
+  } finally {
+    nf4Release(w);
+    for (const b of owned) b.destroy();
+  }
+}
+
+await gpuTest("matvec: NF4 product with the rotary embedding of one position vs float64", async (gpu) => {
+  const seed = testSeed();
+  for (const c of ROPE_CASES) {
+    if (matvecUnsupported(gpu.caps, "nf4", { out: c.heads * c.D, in: c.in, K2: c.K2 }) === undefined) {
+      await runRopeCase(gpu, c, seed);
+    }
+  }
+});
 
 await gpuTest("matvec: shapes it cannot run are refused with the reason", async (gpu) => {
   const caps = gpu.caps;

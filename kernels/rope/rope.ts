@@ -120,6 +120,22 @@ async function launch(enc: Encoder, args: RopeArgs, dir: number, what: string): 
   );
 }
 
+/** (cos, sin) of position * invFreq[i] for each frequency i, as f32 pairs [D/2][2]: the angles of one
+ * position, taken exactly (the f32 frequency times an integer position in float64), for kernels
+ * that rotate a single token (matvec's rope entry). */
+export function ropeRotation(invFreq: Float32Array, position: number): Float32Array {
+  if (!Number.isInteger(position) || position < 0) {
+    throw new RangeError(`ropeRotation: position = ${position} must be a whole number >= 0`);
+  }
+  const out = new Float32Array(invFreq.length * 2);
+  for (let i = 0; i < invFreq.length; i++) {
+    const a = position * invFreq[i];
+    out[2 * i] = Math.cos(a);
+    out[2 * i + 1] = Math.sin(a);
+  }
+  return out;
+}
+
 /** y = x * cos + rotate_half(x) * sin for each token's position. */
 export function ropeForward(enc: Encoder, args: RopeArgs): Promise<void> {
   return launch(enc, args, 1, "ropeForward");
