@@ -158,6 +158,36 @@ export function pickMatvecVariant(caps: Capabilities, kind: MatvecWeight["kind"]
   return kind === "f16" && subgroups ? "subgroup" : "workgroup";
 }
 
+type SizeCheck = (name: string, b: Binding, bytes: number) => void;
+
+/** A check that a binding holds at least `bytes`, naming the launcher call in its error. */
+function sizeCheck(where: string): SizeCheck {
+  return (name, b, bytes) => {
+    if (b.size < bytes) throw new RangeError(`${where}: ${name} has ${b.size} bytes, needs ${bytes}`);
+  };
+}
+
+/** An element offset (0 when absent), refused unless a whole number >= 0. */
+function wholeOffset(where: string, name: string, v: number | undefined): number {
+  const off = v ?? 0;
+  if (!Number.isInteger(off) || off < 0) {
+    throw new RangeError(`${where}: ${name} = ${off} must be a whole number >= 0`);
+  }
+  return off;
+}
+
+/** The NF4 weight has the product's shape and its four buffers their sizes. */
+function needNf4(where: string, need: SizeCheck, prefix: string, w: Nf4Weight, out: number, inDim: number) {
+  if (w.out !== out || w.in !== inDim) {
+    throw new RangeError(`${where}: the ${prefix}NF4 weight is [${w.out}, ${w.in}]; pass its shape`);
+  }
+  const blocks = Math.ceil((out * inDim) / 64);
+  need(`${prefix}codes`, w.codes, (out * inDim) / 2);
+  need(`${prefix}absmaxCodes`, w.absmaxCodes, Math.ceil(blocks / 4) * 4);
+  need(`${prefix}nested`, w.nested, (1 + Math.ceil(blocks / 256)) * 4);
+  need(`${prefix}dynmap`, w.dynmap, 256 * 4);
+}
+
 /** Encodes y = alpha · W x (+ alpha2 · W2 x2) + beta · y: one dispatch. */
 export async function matvec(enc: Encoder, args: MatvecArgs): Promise<void> {
   const { w, out, in: inDim } = args;
@@ -170,33 +200,15 @@ export async function matvec(enc: Encoder, args: MatvecArgs): Promise<void> {
   }
   const why = matvecUnsupported(enc.gpu.caps, w.kind, { out, in: inDim, K2 }, variant);
   if (why) throw new Error(`${where} on ${enc.gpu.name}: ${why}`);
-  if (w.kind === "nf4" && (w.w.out !== out || w.w.in !== inDim)) {
-    throw new RangeError(`${where}: the NF4 weight is [${w.w.out}, ${w.w.in}]; pass its shape`);
-  }
-  const need = (name: string, b: Binding, bytes: number) => {
-    const have = b.size;
-    if (have < bytes) throw new RangeError(`${where}: ${name} has ${have} bytes, needs ${bytes}`);
-  };
+  const need = sizeCheck(where);
   need("x", args.x, inDim * 2);
-  const yOffset = args.yOffset ?? 0;
-  if (!Number.isInteger(yOffset) || yOffset < 0) {
-    throw new RangeError(`${where}: yOffset = ${yOffset} must be a whole number >= 0`);
-  }
+  const yOffset = wholeOffset(where, "yOffset", args.yOffset);
   need("y", args.y, (yOffset + out) * (args.yType === "f32" ? 4 : 2));
   if (w.kind === "f16") need("w", w.w, out * inDim * 2);
-  else {
-    const blocks = Math.ceil((out * inDim) / 64);
-    need("codes", w.w.codes, (out * inDim) / 2);
-    need("absmaxCodes", w.w.absmaxCodes, Math.ceil(blocks / 4) * 4);
-    need("nested", w.w.nested, (1 + Math.ceil(blocks / 256)) * 4);
-    need("dynmap", w.w.dynmap, 256 * 4);
-  }
+  else needNf4(where, need, "", w.w, out, inDim);
   if (args.second) {
     need("second.w", args.second.w, out * K2 * 2);
-    const xOffset = args.second.xOffset ?? 0;
-    if (!Number.isInteger(xOffset) || xOffset < 0) {
-      throw new RangeError(`${where}: second.xOffset = ${xOffset} must be a whole number >= 0`);
-    }
+    const xOffset = wholeOffset(where, "second.xOffset", args.second.xOffset);
     need("second.x", args.second.x, (xOffset + K2) * 2);
   }
   const rope = args.rope;
@@ -277,27 +289,17 @@ export async function matvecSwiglu(enc: Encoder, args: MatvecSwigluArgs): Promis
   const where = `matvecSwiglu nf4 [${out}, ${inDim}]${K2 ? ` + f16 [${out}, ${K2}]` : ""}`;
   const why = matvecUnsupported(enc.gpu.caps, "nf4", { out, in: inDim, K2 }, "workgroup");
   if (why) throw new Error(`${where} on ${enc.gpu.name}: ${why}`);
-  for (const [name, p] of [["gate", gate], ["up", up]] as const) {
-    if (p.w.out !== out || p.w.in !== inDim) {
-      throw new RangeError(`${where}: the ${name} weight is [${p.w.out}, ${p.w.in}]; pass its shape`);
-    }
-    if (!lora !== !p.second) throw new RangeError(`${where}: give lora and both second products, or neither`);
-  }
-  const need = (name: string, b: Binding, bytes: number) => {
-    if (b.size < bytes) throw new RangeError(`${where}: ${name} has ${b.size} bytes, needs ${bytes}`);
-  };
+  const need = sizeCheck(where);
   need("x", args.x, inDim * 2);
-  const yOffset = args.yOffset ?? 0;
+  const yOffset = wholeOffset(where, "yOffset", args.yOffset);
   need("y", args.y, (yOffset + out) * 2);
-  const blocks = Math.ceil((out * inDim) / 64);
   for (const [name, p] of [["gate", gate], ["up", up]] as const) {
-    need(`${name}.codes`, p.w.codes, (out * inDim) / 2);
-    need(`${name}.absmaxCodes`, p.w.absmaxCodes, Math.ceil(blocks / 4) * 4);
-    need(`${name}.nested`, p.w.nested, (1 + Math.ceil(blocks / 256)) * 4);
-    need(`${name}.dynmap`, p.w.dynmap, 256 * 4);
+    if (!lora !== !p.second) throw new RangeError(`${where}: give lora and both second products, or neither`);
+    needNf4(where, need, `${name}.`, p.w, out, inDim);
     if (p.second) {
       need(`${name}.second.w`, p.second.w, out * K2 * 2);
-      need("lora.x", lora!.x, ((p.second.xOffset ?? 0) + K2) * 2);
+      const xOffset = wholeOffset(where, `${name}.second.xOffset`, p.second.xOffset);
+      need("lora.x", lora!.x, (xOffset + K2) * 2);
     }
   }
   const team = nf4SwigluTeam(inDim);

@@ -268,12 +268,10 @@ fn rope(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
   }
 }
 
-// The team's sums of its 32-invocation slices of red (x) and red_u (y) for invocation li < RPT *
-// teams of the workgroup: row li % RPT of team li / RPT.
-fn team_sums(li: u32) -> vec2<f32> {
-  let s0 = (li / RPT) * TEAM;
+// team_total of red (x) and of red_u (y): the swiglu entry's gate and up rows.
+fn team_totals(team: u32, slot: u32) -> vec2<f32> {
   var v = vec2<f32>(0.0);
-  for (var k = 0u; k < TEAM; k += 32u) { v += vec2<f32>(red[s0 + k][li % RPT], red_u[s0 + k][li % RPT]); }
+  for (var k = 0u; k < TEAM; k += 32u) { v += vec2<f32>(red[team * TEAM + k][slot], red_u[team * TEAM + k][slot]); }
   return v;
 }
 
@@ -333,7 +331,7 @@ fn swiglu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
   }
   let o = first + li;
   if (li < rowsPerWg && o < p.OUT) {
-    let gu = vec2<f32>(vec2<f16>(team_sums(li)));
+    let gu = vec2<f32>(vec2<f16>(team_totals(li / RPT, li % RPT)));
     let g = gu.x;
     let u = gu.y;
     y[p.y_off + o] = {{OUT}}(g * (1.0 / (1.0 + exp(-g))) * u);

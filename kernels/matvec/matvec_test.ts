@@ -22,6 +22,8 @@ import { nf4DequantRef, nf4QuantizeRef } from "../nf4/nf4_ref.ts";
 import { matvec, type MatvecArgs, matvecSwiglu, matvecUnsupported, type MatvecVariant } from "./matvec.ts";
 import { matvecRef } from "./matvec_ref.ts";
 import { ropeInvFreq, ropeRotation } from "../rope/rope.ts";
+import { ropeRef } from "../rope/rope_ref.ts";
+import { swigluRef } from "../swiglu/swiglu_ref.ts";
 import { LLAMA31_8B } from "../../model/config.ts";
 
 interface Case {
@@ -224,10 +226,6 @@ const SWIGLU_CASES: SwigluCase[] = [
   { out: 9, in: 16448, K2: 3, offsets: [7, 2], yOffset: 0 },
 ];
 
-function silu(g: number): number {
-  return g / (1 + Math.exp(-g));
-}
-
 async function runSwigluCase(gpu: Gpu, c: SwigluCase, seed: number): Promise<void> {
   const rng = new Rng(seed);
   const label = `seed ${seed} swiglu ${JSON.stringify(c)}`;
@@ -279,7 +277,7 @@ async function runSwigluCase(gpu: Gpu, c: SwigluCase, seed: number): Promise<voi
           : undefined,
       }))
     );
-    const want = g.map((gi, o) => silu(gi) * u[o]);
+    const want = swigluRef(g, u);
     const got = Array.from(all).slice(c.yOffset, c.yOffset + c.out);
     // g and u may round to neighbouring f16 values (2^-11 relative) where the f32 sum lies near a tie.
     assertClose(got, want, { atol: 2e-3 * rms(want), rtol: 3e-3, label });
@@ -323,7 +321,8 @@ async function runRopeCase(gpu: Gpu, c: RopeCase, seed: number): Promise<void> {
   try {
     const b2 = roundToF16(uniform(rng, out * c.K2, 0.5));
     const x2 = roundToF16(uniform(rng, c.K2, 2));
-    const rotation = ropeRotation(ropeInvFreq(c.D, 500000, LLAMA31_8B.ropeScaling ?? undefined), position);
+    const invFreq = ropeInvFreq(c.D, 500000, LLAMA31_8B.ropeScaling ?? undefined);
+    const rotation = ropeRotation(invFreq, position);
     const y = keep(createBuffer(gpu, (c.yOffset + out + 4) * 2, "workspace", "y"));
     poison(gpu, y, "f16");
     const enc = new Encoder(gpu, { label: "matvec rope test" });
@@ -353,16 +352,7 @@ async function runRopeCase(gpu: Gpu, c: RopeCase, seed: number): Promise<void> {
       x,
       second: { w: b2, x: x2, K: c.K2, alpha: 0.5 },
     }));
-    const want = new Float64Array(out);
-    const half = c.D / 2;
-    for (let h = 0; h < c.heads; h++) {
-      for (let i = 0; i < half; i++) {
-        const [cos, sin] = [rotation[2 * i], rotation[2 * i + 1]];
-        const a = v[h * c.D + i], b = v[h * c.D + i + half];
-        want[h * c.D + i] = a * cos - b * sin;
-        want[h * c.D + i + half] = b * cos + a * sin;
-      }
-    }
+    const want = ropeRef(v, [position], invFreq, 1, c.heads, c.D);
     const got = Array.from(all).slice(c.yOffset, c.yOffset + out);
     // The rotated values may come from f16 neighbours of the reference's (ties of the f32 sums).
     assertClose(got, want, { atol: 2e-3 * rms(want), rtol: 3e-3, label });
