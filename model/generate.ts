@@ -14,13 +14,17 @@
 // the GPU runs while the CPU encodes the rest:
 //   the linear layers as matrix-vector products (kernels/matvec: the weight read once, 16 bytes per
 //   load), LoRA as u = A16 h (a small matvec; one for q, k, v together and one for gate, up, whose
-//   A16 factors are stacked when the cache model is built) and y = W h + s·B16 u in one pass, the o_proj and down
-//   products added straight into the residual stream (beta 1); rmsnorm, rope, swiglu at T = 1, rope
-//   at position n; v written by its matvec straight into cache row n and k by its rope, decode attention
-//   (kernels/attention/decode_attention.ts) of the one query over rows 0..n, lm_head as an f16
-//   matvec into f32 logits, copied into a persistent mappable buffer in the same submit and read
-//   from there (no staging buffer and no second submit per token). Shapes the matvec kernels do not
-//   take (NF4 in % 32 != 0, f16 in % 8 != 0) run through the general T = 1 kernels instead.
+//   A16 factors are stacked when the cache model is built; that product also computes the RMSNorm h
+//   of the residual stream and writes it, so the norm takes no dispatch of its own) and
+//   y = W h + s·B16 u in one pass, the o_proj and down products added straight into the residual
+//   stream (beta 1); q and k rotated at position n in their NF4 products' epilogue and k written
+//   there straight into cache row n, as v by its product; gate, up and SwiGLU in one NF4 pass;
+//   decode attention (kernels/attention/decode_attention.ts) of the one query over rows 0..n, one
+//   dispatch while n <= 128; lm_head as an f16 matvec into f32 logits, copied into a persistent
+//   mappable buffer in the same submit and read from there (no staging buffer and no second submit
+//   per token). Shapes and layouts the fused kernels do not take run the separate kernels (rmsnorm,
+//   rope, swiglu at T = 1), and shapes the matvec kernels do not take (NF4 in % 32 != 0, f16 in % 8
+//   != 0) the general T = 1 kernels.
 // Sampling runs on the CPU (model/sampling.ts) from a seeded Rng. Layers spread over several
 // devices pass the hidden state [C] (or [T, C] in the prefill) through host memory.
 //
@@ -46,7 +50,13 @@ import { residualAdd } from "../kernels/elementwise/elementwise.ts";
 import { checkEmbeddingIds, embeddingForward } from "../kernels/embedding/embedding.ts";
 import { loraForward } from "../kernels/lora/lora.ts";
 import { matmul } from "../kernels/matmul/matmul.ts";
-import { matvec, type MatvecArgs, matvecSwiglu, matvecUnsupported } from "../kernels/matvec/matvec.ts";
+import {
+  foldedNormFits,
+  matvec,
+  type MatvecArgs,
+  matvecSwiglu,
+  matvecUnsupported,
+} from "../kernels/matvec/matvec.ts";
 import { nf4Matmul } from "../kernels/nf4/nf4.ts";
 import { rmsnormForward } from "../kernels/norm/rmsnorm.ts";
 import { ropeForward, ropeInvFreq, ropeRotation } from "../kernels/rope/rope.ts";
@@ -651,8 +661,8 @@ export class KvCacheModel {
       for (const layer of dev.layers) {
         const p = layer.proj;
         const f = layer.fast;
-        await rmsnormForward(enc, { x: dev.x, w: layer.attnNorm, y: dev.h, rstd: dev.rstd, T: 1, C, eps });
-        const attnU = await loraGroupProduct(enc, layer.attnLora, dev.h, dev.u);
+        const attnNorm = { x: dev.x, w: layer.attnNorm, h: dev.h, rstd: dev.rstd, C, eps };
+        const attnU = await normedLoraGroupProduct(enc, layer.attnLora, attnNorm, dev.u);
         // v goes straight into cache row n where the matvec kernel runs it; k into it through RoPE.
         const rowElems = KVH * D;
         if (layer.fusedRope) {
@@ -723,8 +733,8 @@ export class KvCacheModel {
           D,
         });
         await linear1(enc, p.o_proj, f.o_proj, dev.o, dev.c, dev.u, dev.x);
-        await rmsnormForward(enc, { x: dev.x, w: layer.mlpNorm, y: dev.h, rstd: dev.rstd, T: 1, C, eps });
-        const mlpU = await loraGroupProduct(enc, layer.mlpLora, dev.h, dev.u);
+        const mlpNorm = { x: dev.x, w: layer.mlpNorm, h: dev.h, rstd: dev.rstd, C, eps };
+        const mlpU = await normedLoraGroupProduct(enc, layer.mlpLora, mlpNorm, dev.u);
         if (layer.fusedMlp) {
           const projection = (lin: Linear, m: LoraTarget) => {
             if (lin.base.kind !== "nf4") throw new Error(`l${layer.index}.${m}: fusedMlp needs an NF4 base`);
@@ -854,22 +864,28 @@ function matvecFits(gpu: Gpu, lin: Linear): boolean {
   return !lin.lora || matvecUnsupported(caps, "f16", { out: R, in: lin.in }) === undefined;
 }
 
-/** u[offsets[m] ..] = A16_m x for every member m of the group, in one product; returns the
- * offsets (none without a group). */
-async function loraGroupProduct(
+/** h = RMSNorm(x) (f16 [in]) and u[offsets[m] ..] = A16_m h for every member m of the group, in one
+ * product that computes the norm itself (its own dispatch saved); without a group, or where the
+ * folded norm does not fit the adapter's workgroup memory, the norm runs alone (and writes rstd).
+ * Returns the offsets (none without a group). */
+async function normedLoraGroupProduct(
   enc: Encoder,
   group: LoraGroup | undefined,
-  x: GPUBuffer,
+  norm: { x: GPUBuffer; w: GPUBuffer; h: GPUBuffer; rstd: GPUBuffer; C: number; eps: number },
   u: GPUBuffer,
 ): Promise<LoraGroup["offsets"]> {
+  const { x, w, h, rstd, C, eps } = norm;
+  const folded = group !== undefined && foldedNormFits(enc.gpu.caps, C);
+  if (!folded) await rmsnormForward(enc, { x, w, y: h, rstd, T: 1, C, eps });
   if (!group) return {};
   await matvec(enc, {
     w: { kind: "f16", w: group.a16 },
     out: group.rows,
     in: group.in,
-    x,
+    x: folded ? x : h,
     y: u,
     yType: "f16",
+    norm: folded ? { w, eps, h } : undefined,
   });
   return group.offsets;
 }
@@ -878,7 +894,7 @@ async function loraGroupProduct(
  * element yOffset of y on (matvec kernels only). With `addInto` (the residual stream) the result is
  * added into that buffer instead (`y` is then scratch). `fast`: through the matvec kernels
  * (matvecFits), else the general kernels at T = 1. `uOffset` (matvec kernels): x A^T is already in
- * u from that element on (loraGroupProduct). */
+ * u from that element on (normedLoraGroupProduct). */
 async function linear1(
   enc: Encoder,
   lin: Linear,

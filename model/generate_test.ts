@@ -246,8 +246,9 @@ await gpuTest(
       const { result: timed, profile: p } = await profileGpu(gpu, () => kv.step(argmax(first)));
       assert(relativeError(timed, plain) === 0, "a profiled step changed the logits");
       assert(gpu.profile === undefined, "the profile stayed attached");
-      // Per layer at least: 2 norms, 7 base products, rope twice, attention, swiglu; then norm and head.
-      const minimum = GEN_TINY.numLayers * 13 + 2;
+      // Per layer at least: the two LoRA down-products (which compute the norms), q, k, v, o, gate and
+      // up with SwiGLU, down, attention; then the embedding, the final norm and the head.
+      const minimum = GEN_TINY.numLayers * 9 + 3;
       assert(
         p.dispatches.length >= minimum,
         `${p.dispatches.length} dispatches profiled, expected >= ${minimum}`,

@@ -2,7 +2,8 @@
 // (generation with a KV cache), split over chunks of the cache as in flash-decoding so that a long
 // cache keeps every streaming multiprocessor busy: pass 1 computes each chunk's softmax-weighted
 // values and log-sum-exp for the query heads of one kv head (grouped-query heads share the read of
-// the cache), pass 2 merges the chunks of each head. f16 storage, f32 scores, softmax and sums.
+// the cache), pass 2 merges the chunks of each head. A cache of one chunk (n <= 128) needs no merge:
+// pass 1 writes the output itself, one dispatch. f16 storage, f32 scores, softmax and sums.
 //
 // Dimension letters: H query heads, KVH kv heads (H a multiple of KVH, H / KVH at most 8),
 // D head dim, Tmax cache capacity, n valid cache rows (the positions 0..n-1), C = ceil(n / 128).
@@ -98,7 +99,8 @@ export async function decodeAttention(enc: Encoder, args: DecodeAttentionArgs): 
   new Float32Array(buf, 16, 1)[0] = args.scale ?? 1 / Math.sqrt(args.D);
   const params = new Uint8Array(buf);
   const partial = await enc.gpu.pipelines.get({ shader: PARTIAL, constants: { D: args.D } });
-  enc.dispatch(partial, params, [args.q, args.k, args.v, args.part], [C, args.KVH]);
+  enc.dispatch(partial, params, [args.q, args.k, args.v, args.part, args.out], [C, args.KVH]);
+  if (C === 1) return;
   const combine = await enc.gpu.pipelines.get({ shader: COMBINE, constants: { D: args.D } });
   enc.dispatch(combine, params, [args.part, args.out], [args.H]);
 }

@@ -3,7 +3,9 @@
 // cached row of the group is read once.
 //   q f16 [H,D]; k, v f16 [Tmax,KVH,D] (the first n rows are valid);
 //   part f32: o [H,C,D] (the chunk's softmax-weighted v, normalized within the chunk), then
-//             lse [H,C] (natural-log sum of exp of the chunk's scaled scores), C = ceil(n / CHUNK).
+//             lse [H,C] (natural-log sum of exp of the chunk's scaled scores), C = ceil(n / CHUNK);
+//   out f16 [H,D]: with a single chunk (C = 1) its o is the attention output, written here in f16
+//             (what pass 2 would write: its weight exp(lse - lse) is exactly 1), and part is unused.
 // Workgroup (c, g): 128 invocations. Scores: one invocation per cached position, dot products with
 // the G query rows held in workgroup memory. Then per-head max and sum over the chunk, and the
 // weighted sum of v with one invocation per (head, 4 columns), reading whole v rows together.
@@ -25,6 +27,7 @@ override D: u32 = 128u;
 @group(0) @binding(2) var<storage, read> k: array<vec4<f16>>;
 @group(0) @binding(3) var<storage, read> v: array<vec4<f16>>;
 @group(0) @binding(4) var<storage, read_write> part: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out: array<vec4<f16>>;
 
 const CHUNK = 128u; // cached positions per workgroup (one per invocation)
 const MAXG = 8u;
@@ -94,7 +97,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
     var sum = 0.0;
     for (var t = 0u; t < 16u; t++) { sum += red[tid * 16u + t]; }
     stat[MAXG + tid] = sum;
-    part[p.H * p.C * D + (h0 + tid) * p.C + c] = stat[tid] + log(sum);
+    if (p.C > 1u) { part[p.H * p.C * D + (h0 + tid) * p.C + c] = stat[tid] + log(sum); }
   }
   workgroupBarrier();
 
@@ -108,6 +111,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
       acc = fma(vec4<f32>(S[hh * CHUNK + t]), vec4<f32>(v[((j0 + t) * p.KVH + g) * D4 + d]), acc);
     }
     let o = acc / stat[MAXG + hh];
+    if (p.C == 1u) {
+      out[(h0 + hh) * D4 + d] = vec4<f16>(o);
+      continue;
+    }
     let at = ((h0 + hh) * p.C + c) * D + d * 4u;
     part[at] = o.x;
     part[at + 1u] = o.y;

@@ -21,8 +21,10 @@
 // Fused forms for decoding, each saving dispatches (on an H100/H200 a dependent dispatch that spans
 // the GPU costs about 8-10 us beyond its memory traffic, and the host about 10-15 us to encode and
 // submit it): `matvec` with `rope` rotates the heads of a q or k projection at one position in the
-// product's epilogue (NF4), and `matvecSwiglu` computes the NF4 gate and up projections, with their
-// LoRA up-projections, in one pass over x and writes silu(gate) · up.
+// product's epilogue (NF4), `matvec` with `norm` (f16) reads the RMSNorm of its input, which every
+// workgroup computes for itself (the first one also writes it out for the products that follow),
+// and `matvecSwiglu` computes the NF4 gate and up projections, with their LoRA up-projections, in one
+// pass over x and writes silu(gate) · up.
 // Variants:
 //   "subgroup"   reduction with subgroupAdd (adapters with subgroups of 4..32 invocations); f16 only
 //   "workgroup"  portable: a workgroup-memory tree reduction. The only NF4 variant: a subgroup
@@ -114,6 +116,11 @@ export interface MatvecArgs extends MatvecShape {
    * position's angle per frequency (ropeRotation). Needs alpha 1 and beta 0; y gets the rotated
    * f16 values. */
   rope?: { headDim: number; rotation: Binding };
+  /** f16 weights only: x is a row of the residual stream, and the product reads its RMSNorm
+   * h = f16(f16(x · r) · w) with r = 1 / sqrt(mean(x²) + eps) (kernels/norm's forward) instead, which
+   * it also writes to `h` (f16 [in]) for the products that read h next: the norm's own dispatch is
+   * saved. */
+  norm?: { w: Binding; eps: number; h: Binding };
   variant?: MatvecVariant;
 }
 
@@ -149,6 +156,12 @@ export function matvecUnsupported(
     }
   }
   return undefined;
+}
+
+/** Whether `matvec`'s folded RMSNorm (`norm`) fits the adapter: it holds h, f16 [in], in workgroup
+ * memory next to the 1 KB of the reduction. */
+export function foldedNormFits(caps: Capabilities, inDim: number): boolean {
+  return inDim * 2 + 256 * 4 <= caps.limits.maxComputeWorkgroupStorageSize;
 }
 
 /** For f16 weights the subgroup reduction where the adapter has subgroups of 4..32 invocations;
@@ -223,17 +236,34 @@ export async function matvec(enc: Encoder, args: MatvecArgs): Promise<void> {
     }
     need("rope.rotation", rope.rotation, D * 4);
   }
+  const norm = args.norm;
+  if (norm) {
+    if (w.kind !== "f16") throw new Error(`${where}: the folded RMSNorm runs with f16 weights only`);
+    if (!(norm.eps >= 0)) throw new RangeError(`${where}: norm.eps = ${norm.eps} must be >= 0`);
+    if (!foldedNormFits(enc.gpu.caps, inDim)) {
+      throw new RangeError(
+        `${where}: the folded RMSNorm holds h in ${inDim * 2 + 1024} bytes of workgroup ` +
+          `memory; ${enc.gpu.name} allows ${enc.gpu.caps.limits.maxComputeWorkgroupStorageSize}`,
+      );
+    }
+    need("norm.w", norm.w, inDim * 2);
+    need("norm.h", norm.h, inDim * 2);
+  }
+  const constants: Record<string, number> = w.kind === "nf4"
+    ? { TEAM: nf4Team(inDim) }
+    : { LANES: f16Lanes(out, inDim), ...(norm ? { NORMED: 1, HV: inDim / 4 } : {}) };
   const pipeline = await enc.gpu.pipelines.get({
     shader: SHADERS[w.kind][variant]!,
-    entry: rope ? "rope" : "main",
+    entry: rope ? "rope" : norm ? "normed" : "main",
     substitutions: { OUT: args.yType },
-    constants: w.kind === "nf4" ? { TEAM: nf4Team(inDim) } : { LANES: f16Lanes(out, inDim) },
+    constants,
   });
   const g = workgroupGrid(enc.gpu.caps, Math.ceil(out / matvecRowsPerWorkgroup(w.kind, out, inDim)));
   const params = new ArrayBuffer(48);
   new Uint32Array(params, 0, 4).set([out, inDim, K2, g[0]]);
   new Float32Array(params, 16, 3).set([args.alpha ?? 1, args.second?.alpha ?? 0, args.beta ?? 0]);
   new Uint32Array(params, 28, 4).set([yOffset, args.second?.xOffset ?? 0, 0, rope?.headDim ?? 0]);
+  if (norm) new Float32Array(params, 36, 1)[0] = norm.eps;
   // Without a second product its two bindings take x (read-only, never read).
   const w2 = args.second?.w ?? args.x;
   const x2 = args.second?.x ?? args.x;
@@ -241,6 +271,7 @@ export async function matvec(enc: Encoder, args: MatvecArgs): Promise<void> {
     ? [args.x, w.w.codes, w.w.absmaxCodes, w.w.nested, w.w.dynmap, w2, x2, args.y]
     : [args.x, w.w, w2, x2, args.y];
   if (rope) buffers.push(rope.rotation);
+  if (norm) buffers.push(norm.w, norm.h);
   enc.dispatch(pipeline, new Uint8Array(params), buffers, g);
 }
 

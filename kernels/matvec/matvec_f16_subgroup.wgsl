@@ -7,6 +7,10 @@
 // (subgroups of 4..32 invocations, consecutive in local_invocation_index, so a lane group is
 // 32 / subgroup_size whole subgroups) and the subgroups' sums added through workgroup memory.
 // 256 / LANES rows per workgroup of 256. beta 0 never reads y.
+// Entry `normed` (override NORMED true): x is a row of the residual stream and the product reads
+//   its RMSNorm instead, h = f16(f16(x * r) * nw) with r = inverseSqrt(mean(x^2) + eps) (kernels/norm's forward, with its
+//   order of the f32 sums), which every workgroup computes into workgroup memory and workgroup 0
+//   also writes to hout (f16 [IN]); IN <= 4 * HV.
 enable f16;
 enable subgroups;
 
@@ -20,6 +24,7 @@ struct Params {
   beta: f32,
   y_off: u32, // elements of y before row 0
   x2_off: u32, // elements of x2 before its first
+  eps: f32, // NORMED
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -28,13 +33,55 @@ struct Params {
 @group(0) @binding(3) var<storage, read> w2: array<f16>;
 @group(0) @binding(4) var<storage, read> x2: array<f16>;
 @group(0) @binding(5) var<storage, read_write> y: array<{{OUT}}>;
+@group(0) @binding(6) var<storage, read> nw: array<vec4<f16>>; // NORMED: the norm's weight [IN]
+@group(0) @binding(7) var<storage, read_write> hout: array<vec4<f16>>; // NORMED: h [IN]
 
 // Lanes per row: a power of two, 32..256 (the launcher picks it).
 override LANES: u32 = 32u;
 const WG = 256u;
 override ROWS: u32 = WG / LANES;
+override NORMED: bool = false;
+// vec4s of h held in workgroup memory (IN / 4 when NORMED).
+override HV: u32 = 1u;
 
 var<workgroup> red: array<f32, WG>;
+var<workgroup> hs: array<vec2<u32>, HV>; // NORMED: h, 4 halves per element
+
+// Four halves of x (vec4 j of the row), as f32.
+fn x4(j: u32) -> vec4<f32> {
+  let wv = x[j / 2u];
+  let pair = select(wv.xy, wv.zw, (j & 1u) == 1u);
+  return vec4<f32>(unpack2x16float(pair.x), unpack2x16float(pair.y));
+}
+
+// NORMED: h of the whole row into hs (and hout from workgroup 0). Every invocation calls it.
+fn normed_input(li: u32, first: bool) {
+  let n4 = p.IN / 4u;
+  var ss = 0.0;
+  for (var j = li; j < n4; j += WG) {
+    let v = x4(j);
+    ss += dot(v, v);
+  }
+  red[li] = ss;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (li < s) { red[li] = red[li] + red[li + s]; }
+    workgroupBarrier();
+  }
+  let r = inverseSqrt(red[0] / f32(p.IN) + p.eps);
+  for (var j = li; j < n4; j += WG) {
+    let h = vec4<f16>(x4(j) * r) * nw[j];
+    hs[j] = vec2<u32>(pack2x16float(vec2<f32>(h.xy)), pack2x16float(vec2<f32>(h.zw)));
+    if (first) { hout[j] = h; }
+  }
+  workgroupBarrier();
+}
+
+// Word j (8 halves) of the product's input: x, or h when NORMED.
+fn in8(j: u32) -> vec4<u32> {
+  if (NORMED) { return vec4<u32>(hs[2u * j], hs[2u * j + 1u]); }
+  return x[j];
+}
 
 fn dot2(a: u32, b: u32) -> f32 {
   return dot(unpack2x16float(a), unpack2x16float(b));
@@ -53,10 +100,10 @@ fn row_main(o: u32, lane: u32) -> f32 {
   var j = lane;
   // Two independent words in flight per lane.
   for (; j + LANES < words; j += 2u * LANES) {
-    a0 += dot8(w[base + j], x[j]);
-    a1 += dot8(w[base + j + LANES], x[j + LANES]);
+    a0 += dot8(w[base + j], in8(j));
+    a1 += dot8(w[base + j + LANES], in8(j + LANES));
   }
-  if (j < words) { a0 += dot8(w[base + j], x[j]); }
+  if (j < words) { a0 += dot8(w[base + j], in8(j)); }
   return a0 + a1;
 }
 
@@ -67,13 +114,8 @@ fn row_second(o: u32, lane: u32) -> f32 {
   return acc;
 }
 
-@compute @workgroup_size(WG)
-fn main(
-  @builtin(workgroup_id) wg: vec3<u32>,
-  @builtin(local_invocation_index) li: u32,
-  @builtin(subgroup_size) sg: u32,
-  @builtin(subgroup_invocation_id) sl: u32,
-) {
+// The product for this workgroup's rows (every invocation calls it).
+fn product(wg: vec3<u32>, li: u32, sg: u32, sl: u32) {
   let lane = li % LANES;
   let o = (wg.y * p.gx + wg.x) * ROWS + li / LANES;
   var v = 0.0;
@@ -90,4 +132,26 @@ fn main(
     if (p.beta != 0.0) { r += p.beta * f32(y[p.y_off + o]); }
     y[p.y_off + o] = {{OUT}}(r);
   }
+}
+
+@compute @workgroup_size(WG)
+fn main(
+  @builtin(workgroup_id) wg: vec3<u32>,
+  @builtin(local_invocation_index) li: u32,
+  @builtin(subgroup_size) sg: u32,
+  @builtin(subgroup_invocation_id) sl: u32,
+) {
+  product(wg, li, sg, sl);
+}
+
+// NORMED (its own entry, so that `main` binds neither nw nor hout).
+@compute @workgroup_size(WG)
+fn normed(
+  @builtin(workgroup_id) wg: vec3<u32>,
+  @builtin(local_invocation_index) li: u32,
+  @builtin(subgroup_size) sg: u32,
+  @builtin(subgroup_invocation_id) sl: u32,
+) {
+  normed_input(li, wg.x == 0u && wg.y == 0u);
+  product(wg, li, sg, sl);
 }

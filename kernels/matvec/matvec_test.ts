@@ -2,7 +2,8 @@
 // product, accumulation into y, ragged shapes (rows not a multiple of the rows per workgroup, rows
 // that straddle NF4 blocks, an odd number of code words per row, words per row not a multiple of the
 // threads per row, rows longer than one pass of 256 threads), a weight bound at an offset, large
-// inputs (an f16 accumulator would overflow), outputs poisoned before the run.
+// inputs (an f16 accumulator would overflow), the RMSNorm folded into f16 products (its h checked too),
+// outputs poisoned before the run.
 
 import { ok as assert } from "node:assert";
 import {
@@ -24,6 +25,7 @@ import { matvecRef } from "./matvec_ref.ts";
 import { ropeInvFreq, ropeRotation } from "../rope/rope.ts";
 import { ropeRef } from "../rope/rope_ref.ts";
 import { swigluRef } from "../swiglu/swiglu_ref.ts";
+import { rmsnormRef } from "../norm/rmsnorm_ref.ts";
 import { LLAMA31_8B } from "../../model/config.ts";
 
 interface Case {
@@ -43,6 +45,8 @@ interface Case {
   yOffset?: number;
   /** Elements (NaN) of x2's buffer before x2. */
   x2Offset?: number;
+  /** The product reads RMSNorm(x) with a random weight and this eps (f16 weights). */
+  normEps?: number;
 }
 
 const CASES: Case[] = [
@@ -82,6 +86,10 @@ const CASES: Case[] = [
     x2Offset: 3,
   },
   { kind: "f16", out: 2048, in: 64, yType: "f16", alpha: 1, beta: 0, K2: 0, xScale: 1 },
+  // RMSNorm folded in: the 8B LoRA group's A·h (3 x 64 rows of 4096), and a row of 516 vec4s (the
+  // norm's last step ragged over 256 invocations) with a large x, 32 lanes per row and beta 1.
+  { kind: "f16", out: 192, in: 4096, yType: "f16", alpha: 1, beta: 0, K2: 0, xScale: 1, normEps: 1e-5 },
+  { kind: "f16", out: 2050, in: 2064, yType: "f32", alpha: 1, beta: 1, K2: 0, xScale: 300, normEps: 0.5 },
 ];
 
 function uniform(rng: Rng, n: number, scale: number): Float64Array {
@@ -92,6 +100,9 @@ async function runCase(gpu: Gpu, c: Case, variant: MatvecVariant, seed: number):
   const rng = new Rng(seed);
   const label = `seed ${seed} ${variant} ${JSON.stringify(c)}`;
   const x = roundToF16(uniform(rng, c.in, c.xScale));
+  const normW = c.normEps === undefined ? undefined : roundToF16(uniform(rng, c.in, 0.5).map((v) => 1 + v));
+  // What the product reads: x, or its RMSNorm.
+  const input = normW ? rmsnormRef(x, normW, 1, c.in, c.normEps!).y : x;
   const owned: GPUBuffer[] = [];
   const keep = (b: GPUBuffer) => (owned.push(b), b);
   let wRef: Float64Array;
@@ -138,6 +149,9 @@ async function runCase(gpu: Gpu, c: Case, variant: MatvecVariant, seed: number):
         xOffset: x2Off || undefined,
       }
       : undefined;
+    const h = normW ? keep(createBuffer(gpu, (c.in + 4) * 2, "workspace", "h")) : undefined;
+    if (h) poison(gpu, h, "f16");
+    const norm = normW ? { w: keep(uploadF16(gpu, normW)), eps: c.normEps!, h: h! } : undefined;
     const enc = new Encoder(gpu, { label: "matvec test" });
     await matvec(enc, {
       w: weight,
@@ -151,9 +165,16 @@ async function runCase(gpu: Gpu, c: Case, variant: MatvecVariant, seed: number):
       alpha: c.alpha,
       beta: c.beta,
       second,
+      norm,
       variant,
     });
     await enc.submit();
+    if (h) {
+      // h is written whole (one f16 rounding apart at most from the float64 norm) and nothing after it.
+      const hAll = await readAs(gpu, h, "f16", c.in + 4);
+      assert(Array.from(hAll).slice(c.in).every(Number.isNaN), `${label}: h written past its end`);
+      assertClose(Array.from(hAll).slice(0, c.in), input, { atol: 0, rtol: 1e-3, label: `${label} h` });
+    }
     const all = await readAs(gpu, y, c.yType, yOff + c.out + 4);
     const got = Array.from(all).slice(yOff, yOff + c.out);
     for (let i = 0; i < all.length; i++) {
@@ -165,7 +186,7 @@ async function runCase(gpu: Gpu, c: Case, variant: MatvecVariant, seed: number):
       w: wRef,
       out: c.out,
       in: c.in,
-      x,
+      x: input,
       alpha: c.alpha,
       beta: c.beta,
       y0,
