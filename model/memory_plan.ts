@@ -2,11 +2,13 @@
 // resident weights, LoRA (f32 masters and gradients, f16 copies), optimizer state, and the peak of
 // the step (all block inputs kept by the recomputation checkpoints, plus the larger of the head's
 // cross-entropy workspace and one block's recomputed activations with their gradients, and the
-// matmul launcher's split-K workspace where LoRA's rank-R products split).
+// matmul launcher's split-K workspace where LoRA's rank-R products split, and the NF4 launcher's
+// f16 slice workspace for long sequences).
 
 import { nf4Counts } from "../kernels/nf4/nf4_ref.ts";
 import { CROSS_ENTROPY_DEFAULT_CHUNK } from "../kernels/cross_entropy/cross_entropy.ts";
 import { matmulSplitK, SPLIT_K_WORKSPACE_BYTES } from "../kernels/matmul/matmul.ts";
+import { NF4_SLICE_MIN_T, NF4_SLICE_WORKSPACE_BYTES } from "../kernels/nf4/nf4.ts";
 import { moduleShape } from "./llama.ts";
 import { ALL_LORA_TARGETS, type BaseFormat, type LlamaConfig, type LoraTarget } from "./types.ts";
 
@@ -80,8 +82,10 @@ export function planMemory(p: MemoryPlanInput): MemoryPlan {
   const chunk = p.ceChunk ?? Math.min(CROSS_ENTROPY_DEFAULT_CHUNK, Math.ceil(V / 128) * 128);
   const head = T * C * 2 * 4 /* output, normed, its grad, dx */ + T * chunk * 6 + T * 16 + T * 8 + T * C * 4 +
     T * 4 + 8;
+  // NF4 products of T >= NF4_SLICE_MIN_T rows on tensor cores dequantize weight slices into a workspace.
+  const slices = p.baseFormat === "nf4" && T >= NF4_SLICE_MIN_T;
   const transient = Math.max(block, head) + T * 4 * 2 /* positions, labels */ +
-    (splits ? SPLIT_K_WORKSPACE_BYTES : 0);
+    (splits ? SPLIT_K_WORKSPACE_BYTES : 0) + (slices ? NF4_SLICE_WORKSPACE_BYTES : 0);
   return {
     weights,
     lora,

@@ -93,6 +93,13 @@ export interface MatmulArgs {
   beta?: number;
   /** Forces a variant; by default the fastest one the adapter and shape allow. */
   variant?: MatmulVariant;
+  /** Elements between rows of C (default N): C is a slice of the columns of a wider matrix.
+   * Tensor-core variant only. */
+  ldc?: number;
+  /** C = alpha · (A·B + scale · U·F) + beta · C, the low-rank term as more steps of the same
+   * reduction: U f16 [M, R], F f16 [N, R] ("nt") or [R, N] with rows `ldf` apart (default N; "nn").
+   * Tensor-core variant only, R % 8 == 0. */
+  lowRank?: { u: Binding; f: Binding; R: number; scale: number; ldf?: number };
 }
 
 const TRANSPOSED: Record<MatmulLayout, { a: boolean; b: boolean }> = {
@@ -144,16 +151,46 @@ export async function matmul(enc: Encoder, args: MatmulArgs): Promise<void> {
   const t = TRANSPOSED[layout];
   const tile = TILE[variant];
   const groups = [Math.ceil(N / tile), Math.ceil(M / tile)] as const;
-  const { KS, S } = matmulSplitK(M, N, K, variant);
+  const ldc = args.ldc ?? N;
+  const low = args.lowRank;
+  const R = low?.R ?? 0;
+  if (args.ldc !== undefined || low) {
+    const where = `matmul ${layout} ${M}x${N}x${K} on ${variant}`;
+    if (variant !== "subgroup_matrix") throw new Error(`${where}: ldc and lowRank run on tensor cores only`);
+    if (!Number.isInteger(ldc) || ldc < N) {
+      throw new RangeError(`${where}: ldc = ${ldc} must be a whole number >= N`);
+    }
+    const bytes = ((M - 1) * ldc + N) * (args.out === "f32" ? 4 : 2);
+    if (args.c.size < bytes) throw new RangeError(`${where}: c has ${args.c.size} bytes, needs ${bytes}`);
+    if (low) {
+      if (layout === "tn") throw new Error(`${where}: the low-rank term runs with "nt" and "nn" only`);
+      if (!Number.isInteger(R) || R < 8 || R % 8 !== 0) {
+        throw new RangeError(`${where}: R = ${R} must be a multiple of 8`);
+      }
+      const ldf = low.ldf ?? N;
+      const fBytes = (layout === "nt" ? N * R : (R - 1) * ldf + N) * 2;
+      if (low.u.size < M * R * 2) throw new RangeError(`${where}: lowRank.u needs ${M * R * 2} bytes`);
+      if (low.f.size < fBytes) throw new RangeError(`${where}: lowRank.f needs ${fBytes} bytes`);
+    }
+  }
+  // A low-rank term or a strided C runs unsplit.
+  const { KS, S } = args.ldc !== undefined || low ? { KS: K, S: 1 } : matmulSplitK(M, N, K, variant);
   const alpha = args.alpha ?? 1;
   const beta = args.beta ?? 0;
-  const params = new ArrayBuffer(24);
+  const params = new ArrayBuffer(40);
   new Uint32Array(params, 0, 3).set([M, N, K]);
-  new Uint32Array(params, 20, 1)[0] = KS;
+  new Uint32Array(params, 20, 3).set([KS, ldc, R]);
+  new Float32Array(params, 32, 1)[0] = low?.scale ?? 0;
+  new Uint32Array(params, 36, 1)[0] = low?.ldf ?? N;
+  // The tensor-core kernel binds U and F; without a low-rank term they take A and B (never read).
+  const operands = (c: Binding): Binding[] =>
+    variant === "tiled" ? [args.a, args.b, c] : [args.a, args.b, c, low?.u ?? args.a, low?.f ?? args.b];
   const product = (out: "f16" | "f32") =>
     enc.gpu.pipelines.get({
       shader: variant === "tiled" ? TILED : SUBGROUP_MATRIX,
-      constants: { A_TRANS: t.a ? 1 : 0, B_TRANS: t.b ? 1 : 0 },
+      constants: variant === "tiled"
+        ? { A_TRANS: t.a ? 1 : 0, B_TRANS: t.b ? 1 : 0 }
+        : { A_TRANS: t.a ? 1 : 0, B_TRANS: t.b ? 1 : 0, LOW_RANK: low ? 1 : 0 },
       substitutions: variant === "tiled" ? { ACC: acc, OUT: out } : {
         ACC: acc,
         OUT: out,
@@ -163,14 +200,14 @@ export async function matmul(enc: Encoder, args: MatmulArgs): Promise<void> {
     });
   if (S === 1) {
     new Float32Array(params, 12, 2).set([alpha, beta]);
-    enc.dispatch(await product(args.out), new Uint8Array(params), [args.a, args.b, args.c], groups);
+    enc.dispatch(await product(args.out), new Uint8Array(params), operands(args.c), groups);
     return;
   }
   // The splits write f32 partials (alpha 1, beta 0); the reduce pass applies alpha and beta.
   const partial = await product("f32");
   new Float32Array(params, 12, 2).set([1, 0]);
   const part = { buffer: splitKWorkspace(enc.gpu), offset: 0, size: S * M * N * 4 };
-  enc.dispatch(partial, new Uint8Array(params), [args.a, args.b, part], [...groups, S]);
+  enc.dispatch(partial, new Uint8Array(params), operands(part), [...groups, S]);
   const reduce = await enc.gpu.pipelines.get({ shader: REDUCE, substitutions: { OUT: args.out } });
   const g = workgroupGrid(enc.gpu.caps, Math.ceil((M * N) / 256));
   const reduceParams = new ArrayBuffer(20);

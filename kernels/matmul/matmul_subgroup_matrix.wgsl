@@ -9,6 +9,10 @@
 // the next K step are read from storage into registers while the current step's products run.
 // Split K: workgroup z reduces K elements [z * KS, min(K, (z + 1) * KS)) (KS a multiple of 32;
 // KS >= K: one split) and writes its C at element z * M * N of c (the launcher's f32 partials).
+// C's rows are LDC elements apart (LDC = N but for a slice of a wider C's columns).
+// Low-rank term (LOW_RANK, one split, A not transposed, R > 0): C = alpha * (A·B + s * U·F) + beta * C with U
+// f16 [M, R] and F f16 [N, R] (B_TRANS) or [R, N] with rows LDF apart, run as ceil(R / 32) more K
+// steps on the same accumulators, F's tiles scaled by s (in f32, then rounded to f16) as staged.
 enable f16;
 enable subgroups;
 enable chromium_experimental_subgroup_matrix;
@@ -20,15 +24,24 @@ struct Params {
   alpha: f32,
   beta: f32,
   KS: u32,
+  LDC: u32,
+  R: u32,
+  s: f32,
+  LDF: u32,
 }
 
 override A_TRANS: bool = false;
 override B_TRANS: bool = true;
+// The low-rank term's K steps (a pipeline of their own, so that plain products keep the code and
+// registers of the kernel without them).
+override LOW_RANK: bool = false;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<vec4<u32>>; // 8 halves per element
 @group(0) @binding(2) var<storage, read> b: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read_write> c: array<{{OUT}}>;
+@group(0) @binding(4) var<storage, read> u: array<vec4<u32>>; // low-rank U (R > 0)
+@group(0) @binding(5) var<storage, read> f: array<vec4<u32>>; // low-rank F (R > 0)
 
 const BM = 128u;
 const BN = 128u;
@@ -45,6 +58,38 @@ var<workgroup> Cs: array<{{ACC}}, 1024>; // one 16x16 fragment per subgroup for 
 // `v` of a tile from storage into registers (zero beyond the matrix), `put` writes it to
 // workgroup memory with row stride inner + PAD, contiguous dimension innermost.
 const VECS = 4u; // vectors of each tile per invocation: 128 * 32 / 8 / 128
+
+// K steps [0, KR) run the product, [KR, KR + R rounded up to BK) the low-rank term.
+fn mainSteps() -> u32 {
+  return ((p.K + BK - 1u) / BK) * BK;
+}
+
+// Eight f16 of F times s.
+fn scaled(w: vec4<u32>) -> vec4<u32> {
+  return vec4<u32>(
+    bitcast<u32>(vec2<f16>(unpack2x16float(w.x) * p.s)), bitcast<u32>(vec2<f16>(unpack2x16float(w.y) * p.s)),
+    bitcast<u32>(vec2<f16>(unpack2x16float(w.z) * p.s)), bitcast<u32>(vec2<f16>(unpack2x16float(w.w) * p.s)));
+}
+
+// Vector v of the low-rank step at column j0 of U (row j0 of F): U's tile as A's, F's as B's.
+fn fetchLow(isA: bool, v: u32, m0: u32, n0: u32, j0: u32) -> vec4<u32> {
+  if (isA) {
+    let o = v / (BK / 8u);
+    let i = (v % (BK / 8u)) * 8u;
+    if (m0 + o < p.M && j0 + i < p.R) { return u[((m0 + o) * p.R + j0 + i) / 8u]; }
+    return vec4<u32>(0u);
+  }
+  if (B_TRANS) {
+    let o = v / (BK / 8u);
+    let i = (v % (BK / 8u)) * 8u;
+    if (n0 + o < p.N && j0 + i < p.R) { return scaled(f[((n0 + o) * p.R + j0 + i) / 8u]); }
+    return vec4<u32>(0u);
+  }
+  let o = v / (BN / 8u);
+  let i = (v % (BN / 8u)) * 8u;
+  if (j0 + o < p.R && n0 + i < p.N) { return scaled(f[((j0 + o) * p.LDF + n0 + i) / 8u]); }
+  return vec4<u32>(0u);
+}
 
 fn fetch(isA: bool, v: u32, m0: u32, n0: u32, k0: u32) -> vec4<u32> {
   // Rows of the tile in memory (outer) and their contiguous extent (inner).
@@ -88,8 +133,8 @@ fn writeFragment(frag: subgroup_matrix_result<{{ACC}}, 16, 16>, r0: u32, c0: u32
     let n = c0 + e % 16u;
     if (m < p.M && n < p.N) {
       var v = p.alpha * f32(Cs[sg * 256u + e]);
-      if (p.beta != 0.0) { v += p.beta * f32(c[base + m * p.N + n]); }
-      c[base + m * p.N + n] = {{OUT}}(v);
+      if (p.beta != 0.0) { v += p.beta * f32(c[base + m * p.LDC + n]); }
+      c[base + m * p.LDC + n] = {{OUT}}(v);
     }
   }
   workgroupBarrier();
@@ -117,7 +162,7 @@ fn main(
   let bStride = select(BN + PAD, BK + PAD, B_TRANS);
   // The next K step's tiles are read into registers while this one's products run.
   let kb = wg.z * p.KS;
-  let ke = min(p.K, kb + p.KS);
+  let ke = select(min(p.K, kb + p.KS), mainSteps() + ((p.R + BK - 1u) / BK) * BK, LOW_RANK);
   var ra: array<vec4<u32>, VECS>;
   var rb: array<vec4<u32>, VECS>;
   for (var i = 0u; i < VECS; i++) {
@@ -130,7 +175,12 @@ fn main(
       put(false, tid + i * 128u, rb[i]);
     }
     workgroupBarrier();
-    if (k0 + BK < ke) {
+    if (LOW_RANK && k0 + BK >= mainSteps() && k0 + BK < ke) {
+      for (var i = 0u; i < VECS; i++) {
+        ra[i] = fetchLow(true, tid + i * 128u, m0, n0, k0 + BK - mainSteps());
+        rb[i] = fetchLow(false, tid + i * 128u, m0, n0, k0 + BK - mainSteps());
+      }
+    } else if (k0 + BK < ke) {
       for (var i = 0u; i < VECS; i++) {
         ra[i] = fetch(true, tid + i * 128u, m0, n0, k0 + BK);
         rb[i] = fetch(false, tid + i * 128u, m0, n0, k0 + BK);

@@ -2,6 +2,13 @@
 // double-quantized absmax (FACTS.md, NF4), quantized on the GPU or loaded from a pre-quantized
 // bitsandbytes checkpoint, and the dequant-matmul products of a QLoRA linear layer.
 //
+// The products decode the codes tile by tile inside the matmul kernel, except on tensor cores for
+// T >= NF4_SLICE_MIN_T rows: there every one of the ceil(T / 256) workgroups along T would decode
+// the same codes again, so the weight is instead dequantized one slice of output columns at a time
+// (at most NF4_SLICE_WORKSPACE_BYTES of f16, never the whole weight) and the slice goes through the
+// f16 tensor-core matmul, LoRA's up-projection as extra steps of its reduction. On an H100 at T =
+// 4096 that took the 8B shapes from 128-148 to 196-232 TFLOP/s (bench/RESULTS.md).
+//
 // Dimension letters: T tokens, out and in the weight's [out, in] shape (C or I in a model).
 //
 // GPU layout of one NF4 weight W[out, in] (n = out * in, nb = ceil(n / 64) blocks):
@@ -24,7 +31,7 @@ import { createBuffer, readU32, releaseBuffer, upload } from "../../engine/buffe
 import { type Binding, Encoder, workgroupGrid } from "../../engine/encoder.ts";
 import type { Capabilities, Gpu } from "../../engine/gpu.ts";
 import { readF32 } from "../../engine/buffers.ts";
-import { hasTensorCores } from "../matmul/matmul.ts";
+import { hasTensorCores, matmul } from "../matmul/matmul.ts";
 import {
   NF4_BLOCK,
   NF4_CODEBOOK,
@@ -38,12 +45,14 @@ import sumCode from "./nf4_absmax_sum.wgsl" with { type: "text" };
 import quantizeAbsmaxCode from "./nf4_quantize_absmax.wgsl" with { type: "text" };
 import tiledCode from "./nf4_matmul_tiled.wgsl" with { type: "text" };
 import subgroupMatrixCode from "./nf4_matmul_subgroup_matrix.wgsl" with { type: "text" };
+import dequantizeCode from "./nf4_dequantize.wgsl" with { type: "text" };
 
 const QUANTIZE = { file: "kernels/nf4/nf4_quantize.wgsl", code: quantizeCode };
 const SUM = { file: "kernels/nf4/nf4_absmax_sum.wgsl", code: sumCode };
 const QUANTIZE_ABSMAX = { file: "kernels/nf4/nf4_quantize_absmax.wgsl", code: quantizeAbsmaxCode };
 const TILED = { file: "kernels/nf4/nf4_matmul_tiled.wgsl", code: tiledCode };
 const SUBGROUP_MATRIX = { file: "kernels/nf4/nf4_matmul_subgroup_matrix.wgsl", code: subgroupMatrixCode };
+const DEQUANTIZE = { file: "kernels/nf4/nf4_dequantize.wgsl", code: dequantizeCode };
 
 /** An NF4 weight W[out, in] on the GPU, in the layout above. */
 export interface Nf4Weight {
@@ -322,6 +331,10 @@ export interface Nf4MatmulArgs {
   beta?: number;
   lowRank?: Nf4LowRank;
   variant?: Nf4MatmulVariant;
+  /** Tensor cores only: output columns per slice of the sliced path (a multiple of 128), or 0 for
+   * the unsliced one; by default sliced from T >= NF4_SLICE_MIN_T with slices that fit the
+   * workspace (nf4SliceColumns). */
+  sliceColumns?: number;
 }
 
 /** A rank-R term added to the product in the same pass, as R more steps of its reduction:
@@ -359,6 +372,85 @@ export function pickNf4MatmulVariant(
   return nf4MatmulUnsupported(caps, shape, "subgroup_matrix") === undefined ? "subgroup_matrix" : "tiled";
 }
 
+export interface Nf4DequantizeArgs {
+  w: Nf4Weight;
+  /** f16 [count, in] (rows of W) or, with `columns`, [out, count] (columns of W). */
+  d: Binding;
+  /** The slice: W's rows first..first+count-1, or with `columns` its columns. */
+  first: number;
+  count: number;
+  columns?: boolean;
+}
+
+/** Encodes D = f16(deq(W)) of a slice of W's rows or columns: one dispatch. in and out must be
+ * multiples of 8, and a column slice must start and end on multiples of 8. */
+export async function nf4Dequantize(enc: Encoder, args: Nf4DequantizeArgs): Promise<void> {
+  const { w, first, count } = args;
+  const columns = args.columns ?? false;
+  const where = `nf4Dequantize [${w.out}, ${w.in}] ${columns ? "columns" : "rows"} ${first}..${
+    first + count - 1
+  }`;
+  const extent = columns ? w.in : w.out;
+  if (
+    !Number.isInteger(first) || !Number.isInteger(count) || first < 0 || count < 1 || first + count > extent
+  ) {
+    throw new RangeError(`${where}: the slice must lie within the ${extent} ${columns ? "columns" : "rows"}`);
+  }
+  if (w.in % 8 !== 0 || w.out % 8 !== 0) throw new RangeError(`${where}: in and out must be multiples of 8`);
+  if (columns && (first % 8 !== 0 || count % 8 !== 0)) {
+    throw new RangeError(`${where}: a column slice starts and ends on multiples of 8`);
+  }
+  const elements = count * (columns ? w.out : w.in);
+  if (args.d.size < elements * 2) {
+    throw new RangeError(`${where}: d has ${args.d.size} bytes, needs ${elements * 2}`);
+  }
+  const pipeline = await enc.gpu.pipelines.get({
+    shader: DEQUANTIZE,
+    constants: { COLUMNS: columns ? 1 : 0 },
+  });
+  const g = workgroupGrid(enc.gpu.caps, Math.ceil(elements / 8 / 256));
+  enc.dispatch(
+    pipeline,
+    Uint32Array.of(w.out, w.in, first, count, g[0]),
+    [w.codes, w.absmaxCodes, w.nested, w.dynmap, args.d],
+    g,
+  );
+}
+
+/** Products of at least this many rows (T) take the sliced path on tensor cores: each slice of the
+ * weight is dequantized once into an f16 workspace and the tiles are staged from there, instead of
+ * every one of the ceil(T / 256) workgroups along T decoding the same codes. Below it the decode
+ * in the product costs less than writing and reading back the f16 slice. */
+export const NF4_SLICE_MIN_T = 1024;
+/** Bytes of each device's f16 slice workspace: slices are sized to fit it. */
+export const NF4_SLICE_WORKSPACE_BYTES = 32 * 2 ** 20;
+
+const sliceWorkspaces = new WeakMap<Gpu, GPUBuffer>();
+
+function sliceWorkspace(gpu: Gpu): GPUBuffer {
+  let w = sliceWorkspaces.get(gpu);
+  if (!w) {
+    w = createBuffer(gpu, NF4_SLICE_WORKSPACE_BYTES, "workspace", "nf4 f16 slices");
+    sliceWorkspaces.set(gpu, w);
+  }
+  return w;
+}
+
+/** The output columns per slice of a sliced product with N columns and reduction K: whole tiles of
+ * 128 that fit the workspace, spread evenly over the fewest slices; undefined when not even one
+ * tile fits. */
+export function nf4SliceColumns(N: number, K: number): number | undefined {
+  const most = Math.floor(NF4_SLICE_WORKSPACE_BYTES / (K * 2) / 128) * 128;
+  if (most < 128) return undefined;
+  const slices = Math.ceil(N / most);
+  return Math.ceil(N / slices / 128) * 128;
+}
+
+/** A sub-range of a binding. */
+function subBinding(b: Binding, offset: number, size: number): Binding {
+  return "buffer" in b ? { buffer: b.buffer, offset: b.offset + offset, size } : { buffer: b, offset, size };
+}
+
 /** Encodes the NF4 dequant-matmul (f16 activations, f32 accumulation). */
 export async function nf4Matmul(enc: Encoder, args: Nf4MatmulArgs): Promise<void> {
   const { w, T, mode, lowRank } = args;
@@ -374,23 +466,79 @@ export async function nf4Matmul(enc: Encoder, args: Nf4MatmulArgs): Promise<void
     if (lowRank.u.size < T * R * 2) throw new RangeError(`${where}: U needs ${T * R * 2} bytes`);
     if (lowRank.f.size < N * R * 2) throw new RangeError(`${where}: F needs ${N * R * 2} bytes`);
   }
-  const pipeline = await enc.gpu.pipelines.get({
-    shader: variant === "tiled" ? TILED : SUBGROUP_MATRIX,
-    constants: { W_TRANS: mode === "fwd" ? 1 : 0 },
-    substitutions: { OUT: args.out },
-  });
-  const params = new ArrayBuffer(32);
-  new Uint32Array(params, 0, 3).set([T, N, K]);
-  new Float32Array(params, 12, 2).set([args.alpha ?? 1, args.beta ?? 0]);
-  new Uint32Array(params, 20, 2).set([w.in, R]);
-  new Float32Array(params, 28, 1)[0] = lowRank?.scale ?? 0;
-  // Output tile per workgroup: 64x64 (tiled), 256 rows x 128 columns (subgroup matrices).
-  const [tileT, tileN] = variant === "tiled" ? [64, 64] : [256, 128];
-  enc.dispatch(
-    pipeline,
-    new Uint8Array(params),
+  const outBytes = args.out === "f32" ? 4 : 2;
+  if (args.y.size < T * N * outBytes) throw new RangeError(`${where}: y needs ${T * N * outBytes} bytes`);
+  let sliceColumns = variant === "subgroup_matrix" && T >= NF4_SLICE_MIN_T
+    ? nf4SliceColumns(N, K)
+    : undefined;
+  if (args.sliceColumns !== undefined) {
+    const c = args.sliceColumns;
+    const fits = Number.isInteger(c) && c > 0 && c % 128 === 0 && c * K * 2 <= NF4_SLICE_WORKSPACE_BYTES;
+    if (c !== 0 && (variant !== "subgroup_matrix" || !fits)) {
+      throw new RangeError(
+        `${where}: sliceColumns = ${c} must be 0 or, on tensor cores, a multiple of 128 whose slice ` +
+          `fits the ${NF4_SLICE_WORKSPACE_BYTES}-byte workspace`,
+      );
+    }
+    sliceColumns = c === 0 ? undefined : c;
+  }
+  if (sliceColumns === undefined) {
+    const params = new ArrayBuffer(32);
+    new Uint32Array(params, 0, 3).set([T, N, K]);
+    new Float32Array(params, 12, 2).set([args.alpha ?? 1, args.beta ?? 0]);
+    new Uint32Array(params, 20, 2).set([w.in, R]);
+    new Float32Array(params, 28, 1)[0] = lowRank?.scale ?? 0;
+    // Output tile per workgroup: 64x64 (tiled), 256 rows x 128 columns (subgroup matrices).
+    const [tileT, tileN] = variant === "tiled" ? [64, 64] : [256, 128];
     // Without a low-rank term U and F take x (read-only, never read).
-    [args.x, w.codes, w.absmaxCodes, w.nested, w.dynmap, lowRank?.u ?? args.x, lowRank?.f ?? args.x, args.y],
-    [Math.ceil(N / tileN), Math.ceil(T / tileT)],
-  );
+    const u = lowRank?.u ?? args.x;
+    const f = lowRank?.f ?? args.x;
+    const pipeline = await enc.gpu.pipelines.get({
+      shader: variant === "tiled" ? TILED : SUBGROUP_MATRIX,
+      constants: { W_TRANS: mode === "fwd" ? 1 : 0 },
+      substitutions: { OUT: args.out },
+    });
+    enc.dispatch(
+      pipeline,
+      new Uint8Array(params),
+      [args.x, w.codes, w.absmaxCodes, w.nested, w.dynmap, u, f, args.y],
+      [Math.ceil(N / tileN), Math.ceil(T / tileT)],
+    );
+    return;
+  }
+  // Sliced: per slice of the output's columns, the weight's matching slice (rows of W for "fwd",
+  // columns for "dx") dequantized into the workspace as f16, then the tensor-core matmul from there
+  // ("nt" against W's rows, "nn" against its columns), writing its columns of y in place, the
+  // low-rank term with F's matching slice as more steps of the same reduction.
+  const ws = sliceWorkspace(enc.gpu);
+  for (let c0 = 0; c0 < N; c0 += sliceColumns) {
+    const cols = Math.min(sliceColumns, N - c0);
+    const slice = { buffer: ws, offset: 0, size: cols * K * 2 };
+    await nf4Dequantize(enc, { w, d: slice, first: c0, count: cols, columns: mode === "dx" });
+    // F: B16 [out, R] rows c0.. ("fwd"), or A16 [R, in] columns c0.. with rows `in` apart ("dx").
+    const low = lowRank && {
+      u: lowRank.u,
+      f: mode === "fwd"
+        ? subBinding(lowRank.f, c0 * R * 2, cols * R * 2)
+        : subBinding(lowRank.f, c0 * 2, ((R - 1) * N + cols) * 2),
+      R,
+      scale: lowRank.scale,
+      ldf: N,
+    };
+    await matmul(enc, {
+      a: args.x,
+      b: slice,
+      c: subBinding(args.y, c0 * outBytes, ((T - 1) * N + cols) * outBytes),
+      M: T,
+      N: cols,
+      K,
+      layout: mode === "fwd" ? "nt" : "nn",
+      out: args.out,
+      alpha: args.alpha,
+      beta: args.beta,
+      variant: "subgroup_matrix",
+      ldc: N,
+      lowRank: low,
+    });
+  }
 }

@@ -14,6 +14,7 @@ import type { Gpu } from "../../engine/gpu.ts";
 import { assertClose, gpuTest, rms, Rng, testSeed } from "../../engine/testing.ts";
 import {
   type BnbNf4Tensors,
+  nf4Dequantize,
   nf4Download,
   Nf4FormatError,
   nf4FromBnb,
@@ -223,6 +224,49 @@ Deno.test("nf4 bitsandbytes loader: round trip of our quantizer's tensors, and c
   );
 });
 
+await gpuTest("nf4 dequantize: row and column slices vs the reference", async (gpu) => {
+  const rng = new Rng(testSeed());
+  const out = 136;
+  const inDim = 200;
+  const host = nf4QuantizeRef(Float32Array.from(rng.normals(out * inDim, 0.05)), out, inDim);
+  const w = nf4Upload(gpu, host);
+  // W as f16, in either rounding of the absmax multiply-add (see runMatmul).
+  const roundings = [nf4DequantRef(host), nf4DequantRef(host, { fused: true })];
+  try {
+    // Rows: all, and a block off any alignment; columns: all, and a slice inside the rows.
+    const slices: [boolean, number, number][] = [[false, 0, out], [false, 5, 70], [true, 0, inDim], [
+      true,
+      56,
+      96,
+    ]];
+    for (const [columns, first, count] of slices) {
+      const [rows, width] = columns ? [out, count] : [count, inDim];
+      const d = createBuffer(gpu, (rows * width + 8) * 2, "workspace", "d");
+      poison(gpu, d, "f16");
+      const enc = new Encoder(gpu);
+      await nf4Dequantize(enc, { w, d, first, count, columns });
+      await enc.submit();
+      const got = Array.from(await readAs(gpu, d, "f16", rows * width + 8));
+      d.destroy();
+      const label = `${columns ? "columns" : "rows"} ${first}..${first + count - 1}`;
+      if (!got.slice(rows * width).every(Number.isNaN)) throw new Error(`${label}: written past the slice`);
+      const wants = roundings.map((wd) =>
+        Array.from({ length: rows * width }, (_, j) => {
+          const [r, c] = [Math.floor(j / width), j % width];
+          return columns ? wd[r * inDim + first + c] : wd[(first + r) * inDim + c];
+        })
+      );
+      const exact = wants.some((want) => want.every((v, j) => Object.is(v, got[j]) || v === got[j]));
+      if (!exact) {
+        const bad = got.findIndex((v, j) => v !== wants[0][j] && v !== wants[1][j]);
+        throw new Error(`${label}: element ${bad} is ${got[bad]}, want ${wants[0][bad]} or ${wants[1][bad]}`);
+      }
+    }
+  } finally {
+    nf4Release(w);
+  }
+});
+
 interface MatmulCase {
   T: number;
   out: number;
@@ -233,6 +277,8 @@ interface MatmulCase {
   beta: number;
   /** A low-rank term of width R and scale s (absent: none). */
   lowRank?: { R: number; s: number };
+  /** Output columns per slice of the sliced path (tensor cores; absent: the launcher's choice). */
+  sliceColumns?: number;
 }
 
 async function runMatmul(gpu: Gpu, variant: Nf4MatmulVariant, cs: MatmulCase, rng: Rng): Promise<void> {
@@ -268,12 +314,14 @@ async function runMatmul(gpu: Gpu, variant: Nf4MatmulVariant, cs: MatmulCase, rn
       beta: cs.beta,
       lowRank: cs.lowRank ? { u: uBuf!, f: fBuf!, R, scale: cs.lowRank.s } : undefined,
       variant,
+      sliceColumns: cs.sliceColumns,
     });
     await enc.submit();
     const got = await readAs(gpu, yBuf, outType, T * N);
     const label =
       `${variant} ${mode} T=${T} [${cs.out}, ${cs.in}] out ${outType} alpha ${cs.alpha} beta ${cs.beta}` +
-      (cs.lowRank ? ` + rank ${R} s ${cs.lowRank.s}` : "");
+      (cs.lowRank ? ` + rank ${R} s ${cs.lowRank.s}` : "") +
+      (cs.sliceColumns !== undefined ? ` slices of ${cs.sliceColumns}` : "");
     // alpha * s * U[T,R] · F, with F = B [N, R] ("fwd", an nt product) or A [R, N] ("dx", nn).
     const extra = cs.lowRank
       ? matmulRef(u, f, T, N, R, mode === "fwd" ? "nt" : "nn", { alpha: cs.alpha * cs.lowRank.s })
@@ -342,6 +390,54 @@ for (const variant of ["tiled", "subgroup_matrix"] as Nf4MatmulVariant[]) {
       },
       { T: 45, out: 88, in: 72, mode: "dx", outType: "f16", alpha: 1, beta: 0, lowRank: { R: 16, s: 1.7 } },
     ];
+    if (variant === "subgroup_matrix") {
+      // The sliced path (each slice of W dequantized into an f16 workspace first): several slices with
+      // a ragged last one, T not a multiple of the 256-row tile, LoRA terms in both modes (F sliced by
+      // rows for "fwd", by columns for "dx"), accumulation into y; and the launcher's own choice.
+      cases.push({
+        T: 1100,
+        out: 392,
+        in: 264,
+        mode: "fwd",
+        outType: "f16",
+        alpha: 1,
+        beta: 0,
+        sliceColumns: 128,
+      });
+      cases.push({
+        T: 1030,
+        out: 200,
+        in: 392,
+        mode: "dx",
+        outType: "f32",
+        alpha: 0.5,
+        beta: 1,
+        lowRank: { R: 40, s: 2 },
+        sliceColumns: 256,
+      });
+      cases.push({
+        T: 1024,
+        out: 264,
+        in: 136,
+        mode: "fwd",
+        outType: "f32",
+        alpha: 1,
+        beta: 0,
+        lowRank: { R: 64, s: 0.5 },
+        sliceColumns: 128,
+      });
+      cases.push({
+        T: 1030,
+        out: 136,
+        in: 264,
+        mode: "dx",
+        outType: "f16",
+        alpha: 1,
+        beta: 0,
+        sliceColumns: 128,
+      });
+      cases.push({ T: 1024, out: 72, in: 136, mode: "fwd", outType: "f16", alpha: 1, beta: 0 });
+    }
     if (variant === "tiled") {
       // Blocks straddle rows when in is not a multiple of 64 (nor of 8); ragged R.
       cases.push({ T: 9, out: 13, in: 27, mode: "fwd", outType: "f16", alpha: 1, beta: 0 });
