@@ -7,6 +7,7 @@ import { trimBufferPool } from "../engine/buffers.ts";
 import { formatGaps, formatProfile, profileGpu } from "../engine/profile.ts";
 import { type BenchContext, type BenchRow, gpuRow } from "../bench/harness.ts";
 import { LLAMA31_8B } from "./config.ts";
+import { hasTensorCores } from "../kernels/matmul/matmul.ts";
 import { randomLlama } from "./llama.ts";
 import { formatMemoryPlan, planMemory } from "./memory_plan.ts";
 import { ALL_LORA_TARGETS, type LlamaConfig } from "./types.ts";
@@ -33,7 +34,15 @@ export default async function bench(ctx: BenchContext): Promise<BenchRow[]> {
     const lora = { r, alpha: r, dropout: 0, targets: [...ALL_LORA_TARGETS], useRslora: false };
     console.error(
       formatMemoryPlan(
-        planMemory({ config, T, r, targets: lora.targets, baseFormat: "nf4", optimizerBytesPerParam: 0 }),
+        planMemory({
+          config,
+          T,
+          r,
+          targets: lora.targets,
+          baseFormat: "nf4",
+          optimizerBytesPerParam: 0,
+          tensorCores: hasTensorCores(gpu.caps),
+        }),
       ),
     );
     trimBufferPool(gpu);

@@ -3,12 +3,12 @@
 // the step (all block inputs kept by the recomputation checkpoints, plus the larger of the head's
 // cross-entropy workspace and one block's recomputed activations with their gradients, and the
 // matmul launcher's split-K workspace where LoRA's rank-R products split, and the NF4 launcher's
-// f16 slice workspace for long sequences).
+// f16 slice workspace on tensor cores).
 
 import { nf4Counts } from "../kernels/nf4/nf4_ref.ts";
 import { CROSS_ENTROPY_DEFAULT_CHUNK } from "../kernels/cross_entropy/cross_entropy.ts";
 import { matmulSplitK, SPLIT_K_WORKSPACE_BYTES } from "../kernels/matmul/matmul.ts";
-import { NF4_SLICE_MIN_T, NF4_SLICE_WORKSPACE_BYTES } from "../kernels/nf4/nf4.ts";
+import { NF4_SLICE_WORKSPACE_BYTES } from "../kernels/nf4/nf4.ts";
 import { moduleShape } from "./llama.ts";
 import { ALL_LORA_TARGETS, type BaseFormat, type LlamaConfig, type LoraTarget } from "./types.ts";
 
@@ -21,6 +21,8 @@ export interface MemoryPlanInput {
   /** Optimizer bytes per trainable parameter: 8 for AdamW f32 (m, v), about 2 for AdamW 8-bit. */
   optimizerBytesPerParam?: number;
   ceChunk?: number;
+  /** Whether the products run on tensor cores (hasTensorCores): NF4 ones then use a workspace. */
+  tensorCores?: boolean;
 }
 
 export interface MemoryPlan {
@@ -82,8 +84,8 @@ export function planMemory(p: MemoryPlanInput): MemoryPlan {
   const chunk = p.ceChunk ?? Math.min(CROSS_ENTROPY_DEFAULT_CHUNK, Math.ceil(V / 128) * 128);
   const head = T * C * 2 * 4 /* output, normed, its grad, dx */ + T * chunk * 6 + T * 16 + T * 8 + T * C * 4 +
     T * 4 + 8;
-  // NF4 products of T >= NF4_SLICE_MIN_T rows on tensor cores dequantize weight slices into a workspace.
-  const slices = p.baseFormat === "nf4" && T >= NF4_SLICE_MIN_T;
+  // NF4 products on tensor cores dequantize weight slices into a workspace.
+  const slices = p.baseFormat === "nf4" && (p.tensorCores ?? false);
   const transient = Math.max(block, head) + T * 4 * 2 /* positions, labels */ +
     (splits ? SPLIT_K_WORKSPACE_BYTES : 0) + (slices ? NF4_SLICE_WORKSPACE_BYTES : 0);
   return {

@@ -2,12 +2,14 @@
 // double-quantized absmax (FACTS.md, NF4), quantized on the GPU or loaded from a pre-quantized
 // bitsandbytes checkpoint, and the dequant-matmul products of a QLoRA linear layer.
 //
-// The products decode the codes tile by tile inside the matmul kernel, except on tensor cores for
-// T >= NF4_SLICE_MIN_T rows: there every one of the ceil(T / 256) workgroups along T would decode
-// the same codes again, so the weight is instead dequantized one slice of output columns at a time
-// (at most NF4_SLICE_WORKSPACE_BYTES of f16, never the whole weight) and the slice goes through the
-// f16 tensor-core matmul, LoRA's up-projection as extra steps of its reduction. On an H100 at T =
-// 4096 that took the 8B shapes from 128-148 to 196-232 TFLOP/s (bench/RESULTS.md).
+// The portable products decode the codes tile by tile inside the matmul kernel. On tensor cores,
+// where every one of the ceil(T / 256) workgroups along T would decode the same codes again, the
+// weight is dequantized one slice of output columns at a time instead (at most
+// NF4_SLICE_WORKSPACE_BYTES of f16, never the whole weight) and the slice goes through the f16
+// tensor-core matmul, LoRA's up-projection as extra steps of its reduction; weights that need
+// several slices keep the decoding kernel when T is too short to fill the GPU with each slice
+// (nf4SliceColumns). On an H100 at T = 4096 that took the 8B shapes from 128-148 to 184-232
+// TFLOP/s (bench/RESULTS.md).
 //
 // Dimension letters: T tokens, out and in the weight's [out, in] shape (C or I in a model).
 //
@@ -332,8 +334,7 @@ export interface Nf4MatmulArgs {
   lowRank?: Nf4LowRank;
   variant?: Nf4MatmulVariant;
   /** Tensor cores only: output columns per slice of the sliced path (a multiple of 128), or 0 for
-   * the unsliced one; by default sliced from T >= NF4_SLICE_MIN_T with slices that fit the
-   * workspace (nf4SliceColumns). */
+   * the unsliced one; by default nf4SliceColumns(T, N, K). */
   sliceColumns?: number;
 }
 
@@ -417,11 +418,10 @@ export async function nf4Dequantize(enc: Encoder, args: Nf4DequantizeArgs): Prom
   );
 }
 
-/** Products of at least this many rows (T) take the sliced path on tensor cores: each slice of the
- * weight is dequantized once into an f16 workspace and the tiles are staged from there, instead of
- * every one of the ceil(T / 256) workgroups along T decoding the same codes. Below it the decode
- * in the product costs less than writing and reading back the f16 slice. */
-export const NF4_SLICE_MIN_T = 1024;
+/** A weight that takes several slices is sliced only when each slice's product has at least this
+ * many 128 x 128 tiles (H100, 8B shapes, T = 256..4096: at 224 or more the slices won, at 128 they
+ * tied and below they lost, each slice's long reduction running on too few workgroups). */
+export const NF4_SLICE_MIN_TILES = 192;
 /** Bytes of each device's f16 slice workspace: slices are sized to fit it. */
 export const NF4_SLICE_WORKSPACE_BYTES = 32 * 2 ** 20;
 
@@ -436,14 +436,17 @@ function sliceWorkspace(gpu: Gpu): GPUBuffer {
   return w;
 }
 
-/** The output columns per slice of a sliced product with N columns and reduction K: whole tiles of
- * 128 that fit the workspace, spread evenly over the fewest slices; undefined when not even one
- * tile fits. */
-export function nf4SliceColumns(N: number, K: number): number | undefined {
+/** The output columns per slice of the sliced path for a product of T rows, N columns and reduction
+ * K: whole tiles of 128 that fit the workspace, spread evenly over the fewest slices; undefined
+ * (decode in the product) when not even one tile fits, or when several slices would each have fewer
+ * than NF4_SLICE_MIN_TILES tiles. */
+export function nf4SliceColumns(T: number, N: number, K: number): number | undefined {
   const most = Math.floor(NF4_SLICE_WORKSPACE_BYTES / (K * 2) / 128) * 128;
   if (most < 128) return undefined;
   const slices = Math.ceil(N / most);
-  return Math.ceil(N / slices / 128) * 128;
+  const columns = Math.ceil(N / slices / 128) * 128;
+  if (slices > 1 && Math.ceil(T / 128) * (columns / 128) < NF4_SLICE_MIN_TILES) return undefined;
+  return columns;
 }
 
 /** A sub-range of a binding. */
@@ -468,9 +471,7 @@ export async function nf4Matmul(enc: Encoder, args: Nf4MatmulArgs): Promise<void
   }
   const outBytes = args.out === "f32" ? 4 : 2;
   if (args.y.size < T * N * outBytes) throw new RangeError(`${where}: y needs ${T * N * outBytes} bytes`);
-  let sliceColumns = variant === "subgroup_matrix" && T >= NF4_SLICE_MIN_T
-    ? nf4SliceColumns(N, K)
-    : undefined;
+  let sliceColumns = variant === "subgroup_matrix" ? nf4SliceColumns(T, N, K) : undefined;
   if (args.sliceColumns !== undefined) {
     const c = args.sliceColumns;
     const fits = Number.isInteger(c) && c > 0 && c % 128 === 0 && c * K * 2 <= NF4_SLICE_WORKSPACE_BYTES;

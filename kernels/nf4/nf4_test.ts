@@ -390,6 +390,8 @@ for (const variant of ["tiled", "subgroup_matrix"] as Nf4MatmulVariant[]) {
       },
       { T: 45, out: 88, in: 72, mode: "dx", outType: "f16", alpha: 1, beta: 0, lowRank: { R: 16, s: 1.7 } },
     ];
+    // These run the decoding kernel; on tensor cores the launcher would slice such small weights.
+    for (const cs of cases) cs.sliceColumns = 0;
     if (variant === "subgroup_matrix") {
       // The sliced path (each slice of W dequantized into an f16 workspace first): several slices with
       // a ragged last one, T not a multiple of the 256-row tile, LoRA terms in both modes (F sliced by
@@ -437,6 +439,16 @@ for (const variant of ["tiled", "subgroup_matrix"] as Nf4MatmulVariant[]) {
         sliceColumns: 128,
       });
       cases.push({ T: 1024, out: 72, in: 136, mode: "fwd", outType: "f16", alpha: 1, beta: 0 });
+      cases.push({
+        T: 45,
+        out: 88,
+        in: 72,
+        mode: "dx",
+        outType: "f32",
+        alpha: 1,
+        beta: 0,
+        lowRank: { R: 16, s: 2 },
+      });
     }
     if (variant === "tiled") {
       // Blocks straddle rows when in is not a multiple of 64 (nor of 8); ragged R.
