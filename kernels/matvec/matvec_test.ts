@@ -170,10 +170,12 @@ async function runCase(gpu: Gpu, c: Case, variant: MatvecVariant, seed: number):
     });
     await enc.submit();
     if (h) {
-      // h is written whole (one f16 rounding apart at most from the float64 norm) and nothing after it.
+      // h is written whole and nothing after it. Against the float64 norm: f16(x·r) may round the
+      // other way (r in f32), and the product with the weight rounds again, so within 2 units in the
+      // last place (relative 2^-9 at worst).
       const hAll = await readAs(gpu, h, "f16", c.in + 4);
       assert(Array.from(hAll).slice(c.in).every(Number.isNaN), `${label}: h written past its end`);
-      assertClose(Array.from(hAll).slice(0, c.in), input, { atol: 0, rtol: 1e-3, label: `${label} h` });
+      assertClose(Array.from(hAll).slice(0, c.in), input, { atol: 0, rtol: 2e-3, label: `${label} h` });
     }
     const all = await readAs(gpu, y, c.yType, yOff + c.out + 4);
     const got = Array.from(all).slice(yOff, yOff + c.out);
