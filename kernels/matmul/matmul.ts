@@ -9,6 +9,11 @@
 // its K is cut into S splits run as S times the workgroups, each writing an f32 partial C into a
 // per-device workspace (SPLIT_K_WORKSPACE_BYTES, made on first use), and a second pass sums them
 // in order into C with alpha and beta (matmul_split_k_reduce.wgsl).
+//
+// On tensor cores two more forms serve the NF4 launcher's sliced products (kernels/nf4/nf4.ts): C
+// may be a slice of a wider matrix's columns (`ldc`), and a low-rank term scale · U·F (LoRA's
+// up-projection) may run as more steps of the same reduction (`lowRank`, its own pipeline). Both run
+// unsplit.
 
 import { createBuffer } from "../../engine/buffers.ts";
 import { type Binding, type Encoder, workgroupGrid } from "../../engine/encoder.ts";
