@@ -10,10 +10,9 @@
 // per-device workspace (SPLIT_K_WORKSPACE_BYTES, made on first use), and a second pass sums them
 // in order into C with alpha and beta (matmul_split_k_reduce.wgsl).
 //
-// On tensor cores two more forms serve the NF4 launcher's sliced products (kernels/nf4/nf4.ts): C
-// may be a slice of a wider matrix's columns (`ldc`), and a low-rank term scale · U·F (LoRA's
-// up-projection) may run as more steps of the same reduction (`lowRank`, its own pipeline). Both run
-// unsplit.
+// Two more forms serve the NF4 launcher's sliced products (kernels/nf4/nf4.ts): C may be a slice of
+// a wider matrix's columns (`ldc`), and a low-rank term scale · U·F (LoRA's up-projection) may run as
+// more steps of the same reduction (`lowRank`; on tensor cores its own pipeline). Both run unsplit.
 
 import { createBuffer } from "../../engine/buffers.ts";
 import { type Binding, type Encoder, workgroupGrid } from "../../engine/encoder.ts";
@@ -98,12 +97,11 @@ export interface MatmulArgs {
   beta?: number;
   /** Forces a variant; by default the fastest one the adapter and shape allow. */
   variant?: MatmulVariant;
-  /** Elements between rows of C (default N): C is a slice of the columns of a wider matrix.
-   * Tensor-core variant only. */
+  /** Elements between rows of C (default N): C is a slice of the columns of a wider matrix. */
   ldc?: number;
   /** C = alpha · (A·B + scale · U·F) + beta · C, the low-rank term as more steps of the same
    * reduction: U f16 [M, R], F f16 [N, R] ("nt") or [R, N] with rows `ldf` apart (default N; "nn").
-   * Tensor-core variant only, R % 8 == 0. */
+   * R % 8 == 0. */
   lowRank?: { u: Binding; f: Binding; R: number; scale: number; ldf?: number };
 }
 
@@ -161,7 +159,6 @@ export async function matmul(enc: Encoder, args: MatmulArgs): Promise<void> {
   const R = low?.R ?? 0;
   if (args.ldc !== undefined || low) {
     const where = `matmul ${layout} ${M}x${N}x${K} on ${variant}`;
-    if (variant !== "subgroup_matrix") throw new Error(`${where}: ldc and lowRank run on tensor cores only`);
     if (!Number.isInteger(ldc) || ldc < N) {
       throw new RangeError(`${where}: ldc = ${ldc} must be a whole number >= N`);
     }
@@ -187,9 +184,8 @@ export async function matmul(enc: Encoder, args: MatmulArgs): Promise<void> {
   new Uint32Array(params, 20, 3).set([KS, ldc, R]);
   new Float32Array(params, 32, 1)[0] = low?.scale ?? 0;
   new Uint32Array(params, 36, 1)[0] = low?.ldf ?? N;
-  // The tensor-core kernel binds U and F; without a low-rank term they take A and B (never read).
-  const operands = (c: Binding): Binding[] =>
-    variant === "tiled" ? [args.a, args.b, c] : [args.a, args.b, c, low?.u ?? args.a, low?.f ?? args.b];
+  // Without a low-rank term U and F take A and B (never read).
+  const operands = (c: Binding): Binding[] => [args.a, args.b, c, low?.u ?? args.a, low?.f ?? args.b];
   const product = (out: "f16" | "f32") =>
     enc.gpu.pipelines.get({
       shader: variant === "tiled" ? TILED : SUBGROUP_MATRIX,

@@ -148,124 +148,129 @@ for (const variant of ["tiled", "subgroup_matrix"] as MatmulVariant[]) {
   });
 }
 
-await gpuTest(
-  "matmul subgroup_matrix: a slice of C's columns (ldc) with a low-rank term, vs float64",
-  async (gpu) => {
-    const why = matmulUnsupported(gpu.caps, { M: 8, N: 8, K: 8, layout: "nt" }, "subgroup_matrix");
-    if (why) {
-      console.log(`  subgroup_matrix not available on ${gpu.name}: ${why}`);
-      return;
-    }
-    const seed = testSeed();
-    const rng = new Rng(seed);
-    // C [M, W] holds the product in columns c0..c0+N-1; the rest must keep its values. F is [N, R]
-    // ("nt") or the columns f0.. of an [R, LDF] matrix ("nn"). K and R not multiples of the 32-step.
-    const cases = [
-      {
-        M: 130,
-        N: 72,
-        K: 200,
-        W: 200,
-        c0: 128,
-        R: 40,
-        layout: "nt",
-        out: "f16",
-        alpha: 1,
-        beta: 0,
-        LDF: 72,
-        f0: 0,
-      },
-      {
-        M: 70,
-        N: 136,
-        K: 88,
-        W: 264,
-        c0: 128,
-        R: 64,
-        layout: "nn",
-        out: "f32",
-        alpha: 0.5,
-        beta: 1,
-        LDF: 392,
-        f0: 128,
-      },
-      {
-        M: 37,
-        N: 24,
-        K: 40,
-        W: 24,
-        c0: 0,
-        R: 8,
-        layout: "nn",
-        out: "f32",
-        alpha: 1,
-        beta: 0,
-        LDF: 24,
-        f0: 0,
-      },
-    ] as const;
-    for (const cs of cases) {
-      const { M, N, K, W, c0, R, LDF, f0 } = cs;
-      const label = `seed ${seed} ${JSON.stringify(cs)}`;
-      const a = roundToF16(rng.uniforms(M * K));
-      const b = roundToF16(rng.uniforms(K * N));
-      const u = roundToF16(rng.uniforms(M * R));
-      const fAll = roundToF16(rng.uniforms(cs.layout === "nt" ? N * R : R * LDF));
-      const c0v = cs.out === "f16" ? roundToF16(rng.uniforms(M * W)) : Float64Array.from(rng.uniforms(M * W));
-      const s = 0.75;
-      const bytes = cs.out === "f16" ? 2 : 4;
-      const bufs = [uploadF16(gpu, a), uploadF16(gpu, b), uploadF16(gpu, u), uploadF16(gpu, fAll)];
-      const c = cs.out === "f16" ? uploadF16(gpu, c0v) : uploadF32(gpu, c0v);
-      try {
-        const enc = new Encoder(gpu);
-        await matmul(enc, {
-          a: bufs[0],
-          b: bufs[1],
-          c: { buffer: c, offset: c0 * bytes, size: ((M - 1) * W + N) * bytes },
-          M,
-          N,
-          K,
-          layout: cs.layout,
-          out: cs.out,
-          alpha: cs.alpha,
-          beta: cs.beta,
-          variant: "subgroup_matrix",
-          ldc: W,
-          lowRank: {
-            u: bufs[2],
-            f: cs.layout === "nt"
-              ? bufs[3]
-              : { buffer: bufs[3], offset: f0 * 2, size: ((R - 1) * LDF + N) * 2 },
-            R,
-            scale: s,
-            ldf: LDF,
-          },
-        });
-        await enc.submit();
-        const got = await readAs(gpu, c, cs.out, M * W);
-        // F as the product sees it, times s rounded to f16 as the kernel stages it: [N, R] or [R, N].
-        const f = Float64Array.from(
-          { length: N * R },
-          (_, i) => cs.layout === "nt" ? fAll[i] : fAll[Math.floor(i / N) * LDF + f0 + (i % N)],
-        );
-        const fs = roundToF16(f.map((v) => v * s));
-        const ab = matmulRef(a, b, M, N, K, cs.layout);
-        const uf = matmulRef(u, fs, M, N, R, cs.layout);
-        const want = Float64Array.from(c0v);
-        for (let m = 0; m < M; m++) {
-          for (let n = 0; n < N; n++) {
-            const at = m * W + c0 + n;
-            want[at] = cs.alpha * (ab[m * N + n] + uf[m * N + n]) + cs.beta * c0v[at];
-          }
-        }
-        const scale = rms(want);
-        const tol = cs.out === "f32"
-          ? { atol: 2e-5 * scale + 1e-6, rtol: 2e-5 }
-          : { atol: 2e-3 * scale, rtol: 1e-3 };
-        assertClose(Array.from(got), want, { ...tol, label });
-      } finally {
-        for (const x of [...bufs, c]) x.destroy();
+for (const variant of ["tiled", "subgroup_matrix"] as const) {
+  await gpuTest(
+    `matmul ${variant}: a slice of C's columns (ldc) with a low-rank term, vs float64`,
+    async (gpu) => {
+      const why = matmulUnsupported(gpu.caps, { M: 8, N: 8, K: 8, layout: "nt" }, variant);
+      if (why) {
+        console.log(`  ${variant} not available on ${gpu.name}: ${why}`);
+        return;
       }
-    }
-  },
-);
+      const seed = testSeed();
+      const rng = new Rng(seed);
+      // C [M, W] holds the product in columns c0..c0+N-1 (bound at that offset, a multiple of 256
+      // bytes); the rest must keep its values. F is [N, R] ("nt") or the columns f0.. of an [R, LDF]
+      // matrix ("nn"). K and R not multiples of the K steps (16 or 32), M and N not of the tiles.
+      const cases = [
+        {
+          M: 130,
+          N: 72,
+          K: 200,
+          W: 200,
+          c0: 128,
+          R: 40,
+          layout: "nt",
+          out: "f16",
+          alpha: 1,
+          beta: 0,
+          LDF: 72,
+          f0: 0,
+        },
+        {
+          M: 70,
+          N: 136,
+          K: 88,
+          W: 264,
+          c0: 128,
+          R: 64,
+          layout: "nn",
+          out: "f32",
+          alpha: 0.5,
+          beta: 1,
+          LDF: 392,
+          f0: 128,
+        },
+        {
+          M: 37,
+          N: 24,
+          K: 40,
+          W: 24,
+          c0: 0,
+          R: 8,
+          layout: "nn",
+          out: "f32",
+          alpha: 1,
+          beta: 0,
+          LDF: 24,
+          f0: 0,
+        },
+      ] as const;
+      for (const cs of cases) {
+        const { M, N, K, W, c0, R, LDF, f0 } = cs;
+        const label = `seed ${seed} ${JSON.stringify(cs)}`;
+        const a = roundToF16(rng.uniforms(M * K));
+        const b = roundToF16(rng.uniforms(K * N));
+        const u = roundToF16(rng.uniforms(M * R));
+        const fAll = roundToF16(rng.uniforms(cs.layout === "nt" ? N * R : R * LDF));
+        const c0v = cs.out === "f16"
+          ? roundToF16(rng.uniforms(M * W))
+          : Float64Array.from(rng.uniforms(M * W));
+        const s = 0.75;
+        const bytes = cs.out === "f16" ? 2 : 4;
+        const bufs = [uploadF16(gpu, a), uploadF16(gpu, b), uploadF16(gpu, u), uploadF16(gpu, fAll)];
+        const c = cs.out === "f16" ? uploadF16(gpu, c0v) : uploadF32(gpu, c0v);
+        try {
+          const enc = new Encoder(gpu);
+          await matmul(enc, {
+            a: bufs[0],
+            b: bufs[1],
+            c: { buffer: c, offset: c0 * bytes, size: ((M - 1) * W + N) * bytes },
+            M,
+            N,
+            K,
+            layout: cs.layout,
+            out: cs.out,
+            alpha: cs.alpha,
+            beta: cs.beta,
+            variant,
+            ldc: W,
+            lowRank: {
+              u: bufs[2],
+              f: cs.layout === "nt"
+                ? bufs[3]
+                : { buffer: bufs[3], offset: f0 * 2, size: ((R - 1) * LDF + N) * 2 },
+              R,
+              scale: s,
+              ldf: LDF,
+            },
+          });
+          await enc.submit();
+          const got = await readAs(gpu, c, cs.out, M * W);
+          // F as the product sees it, times s rounded to f16 as the kernel stages it: [N, R] or [R, N].
+          const f = Float64Array.from(
+            { length: N * R },
+            (_, i) => cs.layout === "nt" ? fAll[i] : fAll[Math.floor(i / N) * LDF + f0 + (i % N)],
+          );
+          const fs = roundToF16(f.map((v) => v * s));
+          const ab = matmulRef(a, b, M, N, K, cs.layout);
+          const uf = matmulRef(u, fs, M, N, R, cs.layout);
+          const want = Float64Array.from(c0v);
+          for (let m = 0; m < M; m++) {
+            for (let n = 0; n < N; n++) {
+              const at = m * W + c0 + n;
+              want[at] = cs.alpha * (ab[m * N + n] + uf[m * N + n]) + cs.beta * c0v[at];
+            }
+          }
+          const scale = rms(want);
+          const tol = cs.out === "f32"
+            ? { atol: 2e-5 * scale + 1e-6, rtol: 2e-5 }
+            : { atol: 2e-3 * scale, rtol: 1e-3 };
+          assertClose(Array.from(got), want, { ...tol, label });
+        } finally {
+          for (const x of [...bufs, c]) x.destroy();
+        }
+      }
+    },
+  );
+}

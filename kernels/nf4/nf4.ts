@@ -333,8 +333,9 @@ export interface Nf4MatmulArgs {
   beta?: number;
   lowRank?: Nf4LowRank;
   variant?: Nf4MatmulVariant;
-  /** Tensor cores only: output columns per slice of the sliced path (a multiple of 128), or 0 for
-   * the unsliced one; by default nf4SliceColumns(T, N, K). */
+  /** Output columns per slice of the sliced path (a multiple of 128), or 0 for the decoding kernel;
+   * by default nf4SliceColumns(T, N, K) on tensor cores and the decoding kernel on the portable
+   * variant. */
   sliceColumns?: number;
 }
 
@@ -475,10 +476,10 @@ export async function nf4Matmul(enc: Encoder, args: Nf4MatmulArgs): Promise<void
   if (args.sliceColumns !== undefined) {
     const c = args.sliceColumns;
     const fits = Number.isInteger(c) && c > 0 && c % 128 === 0 && c * K * 2 <= NF4_SLICE_WORKSPACE_BYTES;
-    if (c !== 0 && (variant !== "subgroup_matrix" || !fits)) {
+    if (c !== 0 && !fits) {
       throw new RangeError(
-        `${where}: sliceColumns = ${c} must be 0 or, on tensor cores, a multiple of 128 whose slice ` +
-          `fits the ${NF4_SLICE_WORKSPACE_BYTES}-byte workspace`,
+        `${where}: sliceColumns = ${c} must be 0 or a multiple of 128 whose slice fits the ` +
+          `${NF4_SLICE_WORKSPACE_BYTES}-byte workspace`,
       );
     }
     sliceColumns = c === 0 ? undefined : c;
@@ -508,7 +509,7 @@ export async function nf4Matmul(enc: Encoder, args: Nf4MatmulArgs): Promise<void
     return;
   }
   // Sliced: per slice of the output's columns, the weight's matching slice (rows of W for "fwd",
-  // columns for "dx") dequantized into the workspace as f16, then the tensor-core matmul from there
+  // columns for "dx") dequantized into the workspace as f16, then the matmul of the same variant
   // ("nt" against W's rows, "nn" against its columns), writing its columns of y in place, the
   // low-rank term with F's matching slice as more steps of the same reduction.
   const ws = sliceWorkspace(enc.gpu);
@@ -537,7 +538,7 @@ export async function nf4Matmul(enc: Encoder, args: Nf4MatmulArgs): Promise<void
       out: args.out,
       alpha: args.alpha,
       beta: args.beta,
-      variant: "subgroup_matrix",
+      variant,
       ldc: N,
       lowRank: low,
     });

@@ -392,6 +392,40 @@ for (const variant of ["tiled", "subgroup_matrix"] as Nf4MatmulVariant[]) {
     ];
     // These run the decoding kernel; on tensor cores the launcher would slice such small weights.
     for (const cs of cases) cs.sliceColumns = 0;
+    // The sliced path on either variant, asked for: several slices with a ragged last one, T not a
+    // multiple of the tiles, LoRA terms in both modes (F sliced by rows for "fwd", by columns for "dx").
+    cases.push({
+      T: 45,
+      out: 392,
+      in: 136,
+      mode: "fwd",
+      outType: "f16",
+      alpha: 1,
+      beta: 0,
+      sliceColumns: 128,
+    });
+    cases.push({
+      T: 70,
+      out: 136,
+      in: 264,
+      mode: "dx",
+      outType: "f32",
+      alpha: 0.5,
+      beta: 1,
+      lowRank: { R: 24, s: 2 },
+      sliceColumns: 128,
+    });
+    cases.push({
+      T: 37,
+      out: 264,
+      in: 72,
+      mode: "fwd",
+      outType: "f32",
+      alpha: 1,
+      beta: 0,
+      lowRank: { R: 8, s: 0.5 },
+      sliceColumns: 128,
+    });
     if (variant === "subgroup_matrix") {
       // The sliced path (each slice of W dequantized into an f16 workspace first): several slices with
       // a ragged last one, T not a multiple of the 256-row tile, LoRA terms in both modes (F sliced by
