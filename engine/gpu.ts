@@ -132,6 +132,21 @@ function pacePolling(): void {
   globalThis.setImmediate = paced as typeof globalThis.setImmediate;
 }
 
+/** On Linux, Deno's WebGPU (wgpu) also probes its OpenGL backend, which loads Mesa's libEGL; at
+ * process exit libEGL's finalizer then frees memory while other threads still exit, and glibc
+ * aborted the process ("corrupted size vs. prev_size in fastbins", "double free or corruption")
+ * after all work was done, now and then (a core dump showed that finalizer on the exiting thread).
+ * Only Vulkan is asked for instead, unless DENO_WEBGPU_BACKEND says otherwise; it must be set
+ * before the first adapter request creates wgpu's instance. */
+function useVulkanOnlyInDenoWebGpu(): void {
+  if (Deno.build.os !== "linux") return;
+  try {
+    if (Deno.env.get("DENO_WEBGPU_BACKEND") === undefined) Deno.env.set("DENO_WEBGPU_BACKEND", "vulkan");
+  } catch {
+    // Without env permission wgpu keeps its default backends.
+  }
+}
+
 async function gpuObject(backend: Backend, adapterName?: string): Promise<GPU> {
   if (backend === "deno") {
     if (!("gpu" in navigator) || !navigator.gpu) {
@@ -139,6 +154,7 @@ async function gpuObject(backend: Backend, adapterName?: string): Promise<GPU> {
         "Deno's WebGPU is not enabled: run with --unstable-webgpu (deno.json sets it for the tasks).",
       );
     }
+    useVulkanOnlyInDenoWebGpu();
     return navigator.gpu;
   }
   const key = adapterName ?? "";
