@@ -99,7 +99,7 @@ export function releaseBuffer(buffer: GPUBuffer): void {
   accounted.delete(buffer);
   const { gpu, category, bytes, usage } = entry;
   gpu.memory.remove(category, bytes);
-  if (usage === STORAGE && gpu.memory.report().pooledBytes + bytes <= BUFFER_POOL_MAX_BYTES) {
+  if (usage === STORAGE && gpu.memory.pooledBytes + bytes <= BUFFER_POOL_MAX_BYTES) {
     if ((openEncoders.get(gpu) ?? 0) > 0) {
       let list = held.get(gpu);
       if (!list) held.set(gpu, list = []);
@@ -125,6 +125,22 @@ export function trimBufferPool(gpu: Gpu): void {
     }
     list.length = 0;
   }
+}
+
+const workspaces = new WeakMap<Gpu, Map<string, GPUBuffer>>();
+
+/** A launcher's workspace of `bytes` on `gpu`, made on first use and kept for the device's life
+ * (one per label: e.g. the matmul's split-K partials, the NF4 products' f16 slices). Queue order
+ * makes it safe to reuse from one dispatch to the next. */
+export function deviceWorkspace(gpu: Gpu, label: string, bytes: number): GPUBuffer {
+  let byLabel = workspaces.get(gpu);
+  if (!byLabel) workspaces.set(gpu, byLabel = new Map());
+  let w = byLabel.get(label);
+  if (!w) {
+    w = createBuffer(gpu, bytes, "workspace", label);
+    byLabel.set(label, w);
+  }
+  return w;
 }
 
 type Uploadable = Float32Array | Uint16Array | Uint8Array | Uint32Array | Int32Array;

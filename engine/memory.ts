@@ -48,6 +48,11 @@ export class MemoryLedger {
     this.#notePeak();
   }
 
+  /** Bytes of released buffers kept for reuse. */
+  get pooledBytes(): number {
+    return this.#pooledBytes;
+  }
+
   /** A released buffer of `bytes` kept for reuse. */
   pool(bytes: number): void {
     this.#pooledBytes += bytes;

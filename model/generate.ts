@@ -842,7 +842,6 @@ export class KvCacheModel {
   }
 }
 
-/** Whether the matvec kernels take this projection (base and, with LoRA, the A product). */
 /** Whether gate and up (at T = 1) fit matvecSwiglu: NF4 bases of one shape, and LoRA on neither or
  * on both, with one rank and scale, their down-products in the MLP group. */
 function fusedMlpFits(gpu: Gpu, gate: Linear, up: Linear, group: LoraGroup | undefined): boolean {
@@ -857,6 +856,7 @@ function fusedMlpFits(gpu: Gpu, gate: Linear, up: Linear, group: LoraGroup | und
   return matvecUnsupported(gpu.caps, "nf4", { out: gate.out, in: gate.in, K2: a?.R ?? 0 }) === undefined;
 }
 
+/** Whether the matvec kernels take this projection (base and, with LoRA, the A product). */
 function matvecFits(gpu: Gpu, lin: Linear): boolean {
   const caps = gpu.caps;
   const R = lin.lora?.R ?? 0;

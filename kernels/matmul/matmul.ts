@@ -14,9 +14,9 @@
 // a wider matrix's columns (`ldc`), and a low-rank term scale · U·F (LoRA's up-projection) may run as
 // more steps of the same reduction (`lowRank`; on tensor cores its own pipeline). Both run unsplit.
 
-import { createBuffer } from "../../engine/buffers.ts";
+import { deviceWorkspace } from "../../engine/buffers.ts";
 import { type Binding, type Encoder, workgroupGrid } from "../../engine/encoder.ts";
-import type { Capabilities, Gpu } from "../../engine/gpu.ts";
+import type { Capabilities } from "../../engine/gpu.ts";
 import tiledCode from "./matmul_tiled.wgsl" with { type: "text" };
 import reduceCode from "./matmul_split_k_reduce.wgsl" with { type: "text" };
 import subgroupMatrixCode from "./matmul_subgroup_matrix.wgsl" with { type: "text" };
@@ -56,17 +56,6 @@ export function matmulSplitK(
   if (K < SPLIT_K_MIN_K || tiles >= SPLIT_K_WORKGROUPS || want < 2) return { KS: Math.max(K, 1), S: 1 };
   const KS = Math.ceil(K / want / SPLIT_K_ALIGN) * SPLIT_K_ALIGN;
   return { KS, S: Math.ceil(K / KS) };
-}
-
-const workspaces = new WeakMap<Gpu, GPUBuffer>();
-
-function splitKWorkspace(gpu: Gpu): GPUBuffer {
-  let w = workspaces.get(gpu);
-  if (!w) {
-    w = createBuffer(gpu, SPLIT_K_WORKSPACE_BYTES, "workspace", "matmul split-K partials");
-    workspaces.set(gpu, w);
-  }
-  return w;
 }
 
 /** Which operand is stored transposed:
@@ -207,7 +196,8 @@ export async function matmul(enc: Encoder, args: MatmulArgs): Promise<void> {
   // The splits write f32 partials (alpha 1, beta 0); the reduce pass applies alpha and beta.
   const partial = await product("f32");
   new Float32Array(params, 12, 2).set([1, 0]);
-  const part = { buffer: splitKWorkspace(enc.gpu), offset: 0, size: S * M * N * 4 };
+  const workspace = deviceWorkspace(enc.gpu, "matmul split-K partials", SPLIT_K_WORKSPACE_BYTES);
+  const part = { buffer: workspace, offset: 0, size: S * M * N * 4 };
   enc.dispatch(partial, new Uint8Array(params), operands(part), [...groups, S]);
   const reduce = await enc.gpu.pipelines.get({ shader: REDUCE, substitutions: { OUT: args.out } });
   const g = workgroupGrid(enc.gpu.caps, Math.ceil((M * N) / 256));

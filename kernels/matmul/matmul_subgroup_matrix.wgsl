@@ -59,7 +59,7 @@ var<workgroup> Cs: array<{{ACC}}, 1024>; // one 16x16 fragment per subgroup for 
 // workgroup memory with row stride inner + PAD, contiguous dimension innermost.
 const VECS = 4u; // vectors of each tile per invocation: 128 * 32 / 8 / 128
 
-// K steps [0, KR) run the product, [KR, KR + R rounded up to BK) the low-rank term.
+// K steps [0, mainSteps()) run the product, the next ceil(R / BK) ones the low-rank term.
 fn mainSteps() -> u32 {
   return ((p.K + BK - 1u) / BK) * BK;
 }

@@ -38,14 +38,16 @@ import type { Nf4Weight } from "../nf4/nf4.ts";
 import nf4Code from "./matvec_nf4.wgsl" with { type: "text" };
 import f16Code from "./matvec_f16.wgsl" with { type: "text" };
 import f16SubgroupCode from "./matvec_f16_subgroup.wgsl" with { type: "text" };
+import f16NormCode from "./matvec_f16_norm.wgsl" with { type: "text" };
 
 const SHADERS: Record<MatvecWeight["kind"], Partial<Record<MatvecVariant, Shader>>> = {
   nf4: {
     workgroup: { file: "kernels/matvec/matvec_nf4.wgsl", code: nf4Code },
   },
   f16: {
-    workgroup: { file: "kernels/matvec/matvec_f16.wgsl", code: f16Code },
-    subgroup: { file: "kernels/matvec/matvec_f16_subgroup.wgsl", code: f16SubgroupCode },
+    // Both f16 variants share the folded RMSNorm (declarations may follow their use in WGSL).
+    workgroup: { file: "kernels/matvec/matvec_f16.wgsl", code: f16Code + f16NormCode },
+    subgroup: { file: "kernels/matvec/matvec_f16_subgroup.wgsl", code: f16SubgroupCode + f16NormCode },
   },
 };
 

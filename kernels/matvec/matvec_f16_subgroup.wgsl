@@ -7,10 +7,8 @@
 // (subgroups of 4..32 invocations, consecutive in local_invocation_index, so a lane group is
 // 32 / subgroup_size whole subgroups) and the subgroups' sums added through workgroup memory.
 // 256 / LANES rows per workgroup of 256. beta 0 never reads y.
-// Entry `normed` (override NORMED true): x is a row of the residual stream and the product reads
-//   its RMSNorm instead, h = f16(f16(x * r) * nw) with r = inverseSqrt(mean(x^2) + eps) (kernels/norm's forward, with its
-//   order of the f32 sums), which every workgroup computes into workgroup memory and workgroup 0
-//   also writes to hout (f16 [IN]); IN <= 4 * HV.
+// Entry `normed`: the product reads the RMSNorm of x instead (matvec_f16_norm.wgsl, which the
+// launcher appends to this file).
 enable f16;
 enable subgroups;
 
@@ -33,55 +31,13 @@ struct Params {
 @group(0) @binding(3) var<storage, read> w2: array<f16>;
 @group(0) @binding(4) var<storage, read> x2: array<f16>;
 @group(0) @binding(5) var<storage, read_write> y: array<{{OUT}}>;
-@group(0) @binding(6) var<storage, read> nw: array<vec4<f16>>; // NORMED: the norm's weight [IN]
-@group(0) @binding(7) var<storage, read_write> hout: array<vec4<f16>>; // NORMED: h [IN]
 
 // Lanes per row: a power of two, 32..256 (the launcher picks it).
 override LANES: u32 = 32u;
 const WG = 256u;
 override ROWS: u32 = WG / LANES;
-override NORMED: bool = false;
-// vec4s of h held in workgroup memory (IN / 4 when NORMED).
-override HV: u32 = 1u;
 
 var<workgroup> red: array<f32, WG>;
-var<workgroup> hs: array<vec2<u32>, HV>; // NORMED: h, 4 halves per element
-
-// Four halves of x (vec4 j of the row), as f32.
-fn x4(j: u32) -> vec4<f32> {
-  let wv = x[j / 2u];
-  let pair = select(wv.xy, wv.zw, (j & 1u) == 1u);
-  return vec4<f32>(unpack2x16float(pair.x), unpack2x16float(pair.y));
-}
-
-// NORMED: h of the whole row into hs (and hout from workgroup 0). Every invocation calls it.
-fn normed_input(li: u32, first: bool) {
-  let n4 = p.IN / 4u;
-  var ss = 0.0;
-  for (var j = li; j < n4; j += WG) {
-    let v = x4(j);
-    ss += dot(v, v);
-  }
-  red[li] = ss;
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (li < s) { red[li] = red[li] + red[li + s]; }
-    workgroupBarrier();
-  }
-  let r = inverseSqrt(red[0] / f32(p.IN) + p.eps);
-  for (var j = li; j < n4; j += WG) {
-    let h = vec4<f16>(x4(j) * r) * nw[j];
-    hs[j] = vec2<u32>(pack2x16float(vec2<f32>(h.xy)), pack2x16float(vec2<f32>(h.zw)));
-    if (first) { hout[j] = h; }
-  }
-  workgroupBarrier();
-}
-
-// Word j (8 halves) of the product's input: x, or h when NORMED.
-fn in8(j: u32) -> vec4<u32> {
-  if (NORMED) { return vec4<u32>(hs[2u * j], hs[2u * j + 1u]); }
-  return x[j];
-}
 
 fn dot2(a: u32, b: u32) -> f32 {
   return dot(unpack2x16float(a), unpack2x16float(b));

@@ -29,7 +29,7 @@
 // The exact quantization rules (rounding, ties, zero blocks, the fixed-order absmax sum) are in
 // nf4_ref.ts, which the GPU quantizer matches bit for bit.
 
-import { createBuffer, readU32, releaseBuffer, upload } from "../../engine/buffers.ts";
+import { createBuffer, deviceWorkspace, readU32, releaseBuffer, upload } from "../../engine/buffers.ts";
 import { type Binding, Encoder, workgroupGrid } from "../../engine/encoder.ts";
 import type { Capabilities, Gpu } from "../../engine/gpu.ts";
 import { readF32 } from "../../engine/buffers.ts";
@@ -426,17 +426,6 @@ export const NF4_SLICE_MIN_TILES = 192;
 /** Bytes of each device's f16 slice workspace: slices are sized to fit it. */
 export const NF4_SLICE_WORKSPACE_BYTES = 32 * 2 ** 20;
 
-const sliceWorkspaces = new WeakMap<Gpu, GPUBuffer>();
-
-function sliceWorkspace(gpu: Gpu): GPUBuffer {
-  let w = sliceWorkspaces.get(gpu);
-  if (!w) {
-    w = createBuffer(gpu, NF4_SLICE_WORKSPACE_BYTES, "workspace", "nf4 f16 slices");
-    sliceWorkspaces.set(gpu, w);
-  }
-  return w;
-}
-
 /** The output columns per slice of the sliced path for a product of T rows, N columns and reduction
  * K: whole tiles of 128 that fit the workspace, spread evenly over the fewest slices; undefined
  * (decode in the product) when not even one tile fits, or when several slices would each have fewer
@@ -512,7 +501,7 @@ export async function nf4Matmul(enc: Encoder, args: Nf4MatmulArgs): Promise<void
   // columns for "dx") dequantized into the workspace as f16, then the matmul of the same variant
   // ("nt" against W's rows, "nn" against its columns), writing its columns of y in place, the
   // low-rank term with F's matching slice as more steps of the same reduction.
-  const ws = sliceWorkspace(enc.gpu);
+  const ws = deviceWorkspace(enc.gpu, "nf4 f16 slices", NF4_SLICE_WORKSPACE_BYTES);
   for (let c0 = 0; c0 < N; c0 += sliceColumns) {
     const cols = Math.min(sliceColumns, N - c0);
     const slice = { buffer: ws, offset: 0, size: cols * K * 2 };

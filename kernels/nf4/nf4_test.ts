@@ -392,12 +392,13 @@ for (const variant of ["tiled", "subgroup_matrix"] as Nf4MatmulVariant[]) {
     ];
     // These run the decoding kernel; on tensor cores the launcher would slice such small weights.
     for (const cs of cases) cs.sliceColumns = 0;
-    // The sliced path on either variant, asked for: several slices with a ragged last one, T not a
-    // multiple of the tiles, LoRA terms in both modes (F sliced by rows for "fwd", by columns for "dx").
+    // The sliced path (each slice of W dequantized into an f16 workspace first), asked for on either
+    // variant: several slices with a ragged last one, T not a multiple of the row tiles, LoRA terms in
+    // both modes (F sliced by rows for "fwd", by columns for "dx"), accumulation into y.
     cases.push({
-      T: 45,
+      T: 1100,
       out: 392,
-      in: 136,
+      in: 264,
       mode: "fwd",
       outType: "f16",
       alpha: 1,
@@ -405,14 +406,35 @@ for (const variant of ["tiled", "subgroup_matrix"] as Nf4MatmulVariant[]) {
       sliceColumns: 128,
     });
     cases.push({
-      T: 70,
-      out: 136,
-      in: 264,
+      T: 1030,
+      out: 200,
+      in: 392,
       mode: "dx",
       outType: "f32",
       alpha: 0.5,
       beta: 1,
-      lowRank: { R: 24, s: 2 },
+      lowRank: { R: 40, s: 2 },
+      sliceColumns: 256,
+    });
+    cases.push({
+      T: 1024,
+      out: 264,
+      in: 136,
+      mode: "fwd",
+      outType: "f32",
+      alpha: 1,
+      beta: 0,
+      lowRank: { R: 64, s: 0.5 },
+      sliceColumns: 128,
+    });
+    cases.push({
+      T: 1030,
+      out: 136,
+      in: 264,
+      mode: "dx",
+      outType: "f16",
+      alpha: 1,
+      beta: 0,
       sliceColumns: 128,
     });
     cases.push({
@@ -427,51 +449,7 @@ for (const variant of ["tiled", "subgroup_matrix"] as Nf4MatmulVariant[]) {
       sliceColumns: 128,
     });
     if (variant === "subgroup_matrix") {
-      // The sliced path (each slice of W dequantized into an f16 workspace first): several slices with
-      // a ragged last one, T not a multiple of the 256-row tile, LoRA terms in both modes (F sliced by
-      // rows for "fwd", by columns for "dx"), accumulation into y; and the launcher's own choice.
-      cases.push({
-        T: 1100,
-        out: 392,
-        in: 264,
-        mode: "fwd",
-        outType: "f16",
-        alpha: 1,
-        beta: 0,
-        sliceColumns: 128,
-      });
-      cases.push({
-        T: 1030,
-        out: 200,
-        in: 392,
-        mode: "dx",
-        outType: "f32",
-        alpha: 0.5,
-        beta: 1,
-        lowRank: { R: 40, s: 2 },
-        sliceColumns: 256,
-      });
-      cases.push({
-        T: 1024,
-        out: 264,
-        in: 136,
-        mode: "fwd",
-        outType: "f32",
-        alpha: 1,
-        beta: 0,
-        lowRank: { R: 64, s: 0.5 },
-        sliceColumns: 128,
-      });
-      cases.push({
-        T: 1030,
-        out: 136,
-        in: 264,
-        mode: "dx",
-        outType: "f16",
-        alpha: 1,
-        beta: 0,
-        sliceColumns: 128,
-      });
+      // The launcher's own choice: small weights take one slice.
       cases.push({ T: 1024, out: 72, in: 136, mode: "fwd", outType: "f16", alpha: 1, beta: 0 });
       cases.push({
         T: 45,
