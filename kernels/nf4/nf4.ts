@@ -423,20 +423,41 @@ export async function nf4Dequantize(enc: Encoder, args: Nf4DequantizeArgs): Prom
  * many 128 x 128 tiles (H100, 8B shapes, T = 256..4096: at 224 or more the slices won, at 128 they
  * tied and below they lost, each slice's long reduction running on too few workgroups). */
 export const NF4_SLICE_MIN_TILES = 192;
+/** Tiles of 128 x 128 that the f16 tensor-core matmul runs at once on an H100 (132 SMs, two
+ * workgroups each: bench/NOTES.md). Each slice is a dispatch of its own, so a slice whose last wave
+ * of tiles is mostly empty costs a whole wave: at T = 4096, slices of 3584 columns (896 tiles, 3.4
+ * waves) took 2.48 ms for 4096 -> 14336 where slices of 4096 (1024 tiles, 3.9 waves) took 2.18. */
+export const NF4_SLICE_WAVE_TILES = 264;
 /** Bytes of each device's f16 slice workspace: slices are sized to fit it. */
 export const NF4_SLICE_WORKSPACE_BYTES = 32 * 2 ** 20;
 
 /** The output columns per slice of the sliced path for a product of T rows, N columns and reduction
- * K: whole tiles of 128 that fit the workspace, spread evenly over the fewest slices; undefined
- * (decode in the product) when not even one tile fits, or when several slices would each have fewer
- * than NF4_SLICE_MIN_TILES tiles. */
+ * K: whole tiles of 128 that fit the workspace; one slice where the weight fits, else the width
+ * whose slices take the fewest waves of NF4_SLICE_WAVE_TILES tiles (then the fewest slices).
+ * Undefined (decode in the product) when not even one tile fits, or when several slices would each
+ * have fewer than NF4_SLICE_MIN_TILES tiles. */
 export function nf4SliceColumns(T: number, N: number, K: number): number | undefined {
   const most = Math.floor(NF4_SLICE_WORKSPACE_BYTES / (K * 2) / 128) * 128;
   if (most < 128) return undefined;
   const slices = Math.ceil(N / most);
-  const columns = Math.ceil(N / slices / 128) * 128;
-  if (slices > 1 && Math.ceil(T / 128) * (columns / 128) < NF4_SLICE_MIN_TILES) return undefined;
-  return columns;
+  if (slices === 1) return Math.ceil(N / 128) * 128;
+  const rowTiles = Math.ceil(T / 128);
+  const even = Math.ceil(N / slices / 128) * 128;
+  if (rowTiles * (even / 128) < NF4_SLICE_MIN_TILES) return undefined;
+  const waves = (columns: number) => Math.ceil(rowTiles * Math.ceil(columns / 128) / NF4_SLICE_WAVE_TILES);
+  let best = { columns: even, waves: Infinity, slices: Infinity };
+  for (
+    let columns = most;
+    rowTiles * (columns / 128) >= NF4_SLICE_MIN_TILES && columns >= 128;
+    columns -= 128
+  ) {
+    const full = Math.floor(N / columns);
+    const rest = N - full * columns;
+    const w = full * waves(columns) + (rest > 0 ? waves(rest) : 0);
+    const n = full + (rest > 0 ? 1 : 0);
+    if (w < best.waves || (w === best.waves && n < best.slices)) best = { columns, waves: w, slices: n };
+  }
+  return best.columns;
 }
 
 /** A sub-range of a binding. */

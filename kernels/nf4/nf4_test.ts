@@ -24,6 +24,7 @@ import {
   type Nf4MatmulVariant,
   nf4Quantize,
   nf4Release,
+  nf4SliceColumns,
   type Nf4SourceDtype,
   nf4Upload,
 } from "./nf4.ts";
@@ -173,6 +174,23 @@ await gpuTest("nf4 quantize: GPU codes and absmax codes equal the CPU reference 
       nf4Release(w);
       buf.destroy();
     }
+  }
+});
+
+Deno.test("nf4 slice widths: one slice where the weight fits, else the fewest waves of tiles", () => {
+  // [T, N, K] -> columns per slice (the workspace holds 32 MiB of f16: 4096 columns at K = 4096).
+  const cases: [number, number, number, number | undefined][] = [
+    [4096, 4096, 4096, 4096], // fits: one slice
+    [4096, 1000, 4096, 1024], // fits, ragged: one slice of whole tiles
+    [4096, 14336, 4096, 4096], // 1024 + 1024 + 1024 + 512 tiles: 4 + 4 + 4 + 2 waves (3584: 4 x 4)
+    [4096, 4096, 14336, 1024], // at most 1152 fit: 4 x 256 tiles, one wave each (1152: 2 + 2 + 2 + 1)
+    [2048, 14336, 4096, 4096], // 2 + 2 + 2 + 1 waves (3584: 448 tiles, 2 waves each, 4 slices)
+    [1024, 4096, 14336, undefined], // slices of 8 x 9 tiles at most: too few
+    [256, 14336, 4096, undefined],
+    [4096, 8, 2 ** 20, undefined], // not even one tile fits
+  ];
+  for (const [T, N, K, want] of cases) {
+    assertEquals(nf4SliceColumns(T, N, K), want, `T=${T} N=${N} K=${K}`);
   }
 });
 
