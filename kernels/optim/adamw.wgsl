@@ -9,7 +9,8 @@
 // invocation handles UNITS vectors of 4 elements (lane l of workgroup w: vectors
 // w * WG * UNITS + l + k * WG) and issues all 4 * UNITS loads before any math. Workgroups in x then
 // y. `tail` handles the last p.n < 4 elements, starting at element p.start of its bindings (which
-// begin at an aligned offset before them), one per invocation.
+// begin at an aligned offset before them), one per invocation. Both leave everything unchanged when
+// word 1 of `skip` is not 0 (the non-finite count of grad_stats_final.wgsl).
 struct Params {
   n: u32,
   decay_after: u32,
@@ -32,6 +33,7 @@ const UNITS = 2u;
 @group(0) @binding(2) var<storage, read> grad: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> m: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> v: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> skip: array<u32>;
 
 // The tail entry's views.
 @group(0) @binding(1) var<storage, read_write> t_param: array<f32>;
@@ -65,6 +67,9 @@ fn main(
   @builtin(num_workgroups) nwg: vec3<u32>,
   @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
+  if (skip[1] != 0u) {
+    return;
+  }
   let i0 = (wg.y * nwg.x + wg.x) * (WG * UNITS) + lid.x;
   let quads = p.n / 4u;
   var w: array<vec4<f32>, UNITS>;
@@ -93,7 +98,7 @@ fn main(
 
 @compute @workgroup_size(4)
 fn tail(@builtin(local_invocation_id) lid: vec3<u32>) {
-  if (lid.x >= p.n) {
+  if (lid.x >= p.n || skip[1] != 0u) {
     return;
   }
   let i = p.start + lid.x;

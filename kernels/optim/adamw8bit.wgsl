@@ -21,6 +21,8 @@
 // t % 64 of blocks 4 * h + t / 64, h = 0, 1, and issues all of its loads before any math. The block
 // maxima are reduced in workgroup memory (two barriers); the maps are read from workgroup memory.
 // Its bindings cover the first p.n elements, a multiple of 4. Workgroups in x then y.
+// Both entries leave everything unchanged when word 1 of `skip` is not 0 (the non-finite count of
+// grad_stats_final.wgsl: a loss-scaled step whose gradients overflowed is skipped on the GPU).
 // `tail`: one workgroup for the last block p.first_block when N is not a multiple of 4; its param,
 // grad and code bindings begin at that block, p.n elements.
 
@@ -42,6 +44,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> m_absmax: array<f32>;
 @group(0) @binding(6) var<storage, read_write> v_absmax: array<f32>;
 @group(0) @binding(7) var<storage, read> maps: array<f32>;
+@group(0) @binding(8) var<storage, read> skip: array<u32>;
 
 // The tail entry's views of param and grad.
 @group(0) @binding(1) var<storage, read_write> param1: array<f32>;
@@ -228,7 +231,7 @@ fn main(
   let t = lid.x;
   let first = (wg.y * nwg.x + wg.x) * BLOCKS;
   let quads = p.n / 4u;
-  if (first * 64u >= quads) {
+  if (first * 64u >= quads || skip[1] != 0u) {
     return;
   }
   load_maps(t);
@@ -275,6 +278,9 @@ fn main(
 
 @compute @workgroup_size(WG)
 fn tail(@builtin(local_invocation_id) lid: vec3<u32>) {
+  if (skip[1] != 0u) {
+    return;
+  }
   let t = lid.x;
   load_maps(t);
   let e = 4u * t;

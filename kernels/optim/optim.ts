@@ -134,6 +134,18 @@ export function dynamicMapsBuffer(gpu: Gpu): GPUBuffer {
   return buf;
 }
 
+const noSkipBuffers = new WeakMap<Gpu, GPUBuffer>();
+
+/** GRAD_STATS_BYTES of zeros: the `skipIfNonFinite` binding of an optimizer step that always runs. */
+function noSkipBuffer(gpu: Gpu): GPUBuffer {
+  let buf = noSkipBuffers.get(gpu);
+  if (!buf) {
+    buf = upload(gpu, new Uint32Array(4), "optimizer", "optimizer.no_skip");
+    noSkipBuffers.set(gpu, buf);
+  }
+  return buf;
+}
+
 // ---------------------------------------------------------------------------------------------
 // AdamW
 
@@ -202,6 +214,9 @@ export interface AdamWArgs {
   /** "torch": p *= 1 - lr wd before the Adam update (torch.optim.AdamW); "bitsandbytes": after it
    * (bitsandbytes' 32-bit state, used by adamw8bit for small tensors). */
   order?: "torch" | "bitsandbytes";
+  /** The stats of gradStats: the step changes nothing when they count a non-finite gradient (a
+   * loss-scaled step that overflowed), decided on the GPU, so the step needs no read-back first. */
+  skipIfNonFinite?: Binding;
 }
 
 /** Vectors of 4 elements per invocation of the AdamW f32 and gradient statistics kernels. */
@@ -216,6 +231,7 @@ export async function adamw(enc: Encoder, args: AdamWArgs): Promise<void> {
   const h = args.hyper;
   checkHyper(h);
   const ranges = (["param", "grad", "m", "v"] as const).map((k) => checkRange("adamw", k, args[k], n * 4));
+  const skip = args.skipIfNonFinite ?? noSkipBuffer(enc.gpu);
   const c1 = 1 - h.beta1 ** h.step;
   const c2 = Math.sqrt(1 - h.beta2 ** h.step);
   const params = (count: number, start: number) => {
@@ -240,18 +256,18 @@ export async function adamw(enc: Encoder, args: AdamWArgs): Promise<void> {
     enc.dispatch(
       pipeline,
       params(main, 0),
-      ranges.map((r) => ({ buffer: r.buffer, offset: r.offset, size: main * 4 })),
+      [...ranges.map((r) => ({ buffer: r.buffer, offset: r.offset, size: main * 4 })), skip],
       workgroupGrid(enc.gpu.caps, Math.ceil(main / 4 / ADAMW_UNITS / 256)),
     );
   }
   if (main < n) {
     const align = enc.gpu.device.limits.minStorageBufferOffsetAlignment;
-    const skip = Math.floor((main * 4) / align) * align;
+    const before = Math.floor((main * 4) / align) * align;
     const pipeline = await enc.gpu.pipelines.get({ shader: ADAMW, entry: "tail" });
     enc.dispatch(
       pipeline,
-      params(n - main, (main * 4 - skip) / 4),
-      ranges.map((r) => ({ buffer: r.buffer, offset: r.offset + skip, size: r.size - skip })),
+      params(n - main, (main * 4 - before) / 4),
+      [...ranges.map((r) => ({ buffer: r.buffer, offset: r.offset + before, size: r.size - before })), skip],
       [1],
     );
   }
@@ -316,6 +332,8 @@ export interface AdamW8bitArgs {
   grad: Binding;
   state: AdamW8bitState;
   hyper: AdamWHyper;
+  /** As AdamWArgs.skipIfNonFinite. */
+  skipIfNonFinite?: Binding;
 }
 
 /** Encodes one bitsandbytes-style AdamW 8-bit step (weight decay after the update). The main
@@ -333,9 +351,11 @@ export async function adamw8bit(enc: Encoder, args: AdamW8bitArgs): Promise<void
       n: s.n,
       hyper: h,
       order: "bitsandbytes",
+      skipIfNonFinite: args.skipIfNonFinite,
     });
     return;
   }
+  const skip = args.skipIfNonFinite ?? noSkipBuffer(enc.gpu);
   checkHyper(h);
   const n = s.n;
   const param = checkRange("adamw8bit", "param", args.param, n * 4);
@@ -375,6 +395,7 @@ export async function adamw8bit(enc: Encoder, args: AdamW8bitArgs): Promise<void
         { buffer: s.v, offset: 0, size: main },
         ...absmax,
         maps,
+        skip,
       ],
       workgroupGrid(enc.gpu.caps, Math.ceil(main / ADAMW8BIT_BLOCK / ADAMW8BIT_BLOCKS_PER_GROUP)),
     );
@@ -400,6 +421,7 @@ export async function adamw8bit(enc: Encoder, args: AdamW8bitArgs): Promise<void
         tail(wholeRange(s.v), 1),
         ...absmax,
         maps,
+        skip,
       ],
       [1],
     );

@@ -433,3 +433,53 @@ await gpuTest("optim: gradient norm, non-finite flag, clipping and unscaling", a
     for (const b of [...bufs, partials, stats]) b.destroy();
   }
 });
+
+await gpuTest("optim: a step whose stats count a non-finite gradient changes nothing", async (gpu) => {
+  const seed = testSeed();
+  const rng = new Rng(seed);
+  // 8-bit states (n >= ADAMW8BIT_MIN_SIZE), f32 states through adamw8bit, and AdamW f32; every
+  // n % 4 != 0, so that both entry points of each kernel run.
+  for (const [kind, n] of [["8bit", ADAMW8BIT_MIN_SIZE + 6], ["8bit", 1001], ["f32", 1003]] as const) {
+    const state = kind === "8bit" ? createAdamW8bitState(gpu, n) : undefined;
+    const m = kind === "f32" ? uploadF32(gpu, rng.normals(n, 1e-3)) : undefined;
+    const v = kind === "f32" ? uploadF32(gpu, rng.uniforms(n, 0, 1e-6)) : undefined;
+    const pBuf = uploadF32(gpu, rng.uniforms(n));
+    const gBuf = upload(gpu, Float32Array.from(rng.normals(n, 0.01)));
+    const stats = createBuffer(gpu, GRAD_STATS_BYTES, "workspace");
+    const states = () =>
+      state ? [state.m, state.v, ...(state.absmaxM ? [state.absmaxM, state.absmaxV!] : [])] : [m!, v!];
+    const snapshot = async () => {
+      const all = [await readU8(gpu, pBuf, n * 4)];
+      for (const b of states()) all.push(await readU8(gpu, b, b.size));
+      return all;
+    };
+    const step = async (nonFinite: number) => {
+      writeBuffer(gpu, stats, new Uint32Array([0x3f800000, nonFinite]));
+      const enc = new Encoder(gpu);
+      const h = hyper(1, rng);
+      if (state) await adamw8bit(enc, { param: pBuf, grad: gBuf, state, hyper: h, skipIfNonFinite: stats });
+      else await adamw(enc, { param: pBuf, grad: gBuf, m: m!, v: v!, n, hyper: h, skipIfNonFinite: stats });
+      await enc.submit();
+    };
+    try {
+      const label = `seed ${seed}: ${kind} n ${n}`;
+      const before = await snapshot();
+      await step(3);
+      const skipped = await snapshot();
+      before.forEach((b, i) => {
+        const k = b.findIndex((x, j) => x !== skipped[i][j]);
+        if (k >= 0) throw new Error(`${label}: buffer ${i} changed at byte ${k} in a skipped step`);
+      });
+      await step(0);
+      const p = await readF32(gpu, pBuf, n);
+      const p0 = new Float32Array(before[0].buffer, before[0].byteOffset, n);
+      const changed = p.filter((x, i) => x !== p0[i]).length;
+      if (changed < n - 2) {
+        throw new Error(`${label}: a step with finite gradients changed ${changed} of ${n} params`);
+      }
+    } finally {
+      state?.destroy();
+      for (const b of [m, v, pBuf, gBuf, stats]) b?.destroy();
+    }
+  }
+});
