@@ -5,4 +5,5 @@ export * from "./memory.ts";
 export * from "./buffers.ts";
 export * from "./pipeline.ts";
 export * from "./encoder.ts";
+export * from "./replay_encoder.ts";
 export * from "./timing.ts";

@@ -21,13 +21,15 @@
 
 import { join } from "node:path";
 import { createBuffer, readBytes, releaseBuffer, writeBuffer } from "../engine/buffers.ts";
-import { Encoder } from "../engine/encoder.ts";
+import type { Encoder } from "../engine/encoder.ts";
+import { ReplayBindings, ReplayEncoder } from "../engine/replay_encoder.ts";
 import type { Gpu } from "../engine/gpu.ts";
 import { LossScaler, type LossScalerState } from "../engine/loss_scaler.ts";
 import {
   adamw,
   adamw8bit,
   type AdamW8bitState,
+  type AdamWHyper,
   createAdamW8bitState,
   GRAD_STATS_BYTES,
   gradClip,
@@ -213,7 +215,15 @@ export class LLAMAFineTuner {
   readonly #train: readonly TrainExample[];
   readonly #val: readonly TrainExample[];
   readonly #states: OptimState[];
-  readonly #devices: { gpu: Gpu; params: number[]; partials: GPUBuffer; stats: GPUBuffer }[];
+  /** Per device: its parameters (indices), the gradient statistics' workspace and result, and the
+   * bind groups of the step's unscale, statistics, clip and optimizer dispatches, kept across steps. */
+  readonly #devices: {
+    gpu: Gpu;
+    params: number[];
+    partials: GPUBuffer;
+    stats: GPUBuffer;
+    bindings: ReplayBindings;
+  }[];
   #scaler: LossScaler;
   #step = 0;
   #optimizerSteps = 0;
@@ -289,6 +299,7 @@ export class LLAMAFineTuner {
         "trainer.grad_partials",
       ),
       stats: createBuffer(gpu, GRAD_STATS_BYTES, "workspace", "trainer.grad_stats"),
+      bindings: new ReplayBindings(gpu, "trainer"),
     }));
   }
 
@@ -386,64 +397,59 @@ export class LLAMAFineTuner {
     }
     const loss = sum.nll / labelCount;
 
-    // Unscale and measure the gradients on every device.
+    // Unscale and measure the gradients on every device. With one device the clip and the optimizer
+    // step follow in the same submit, skipped on the GPU when a gradient is not finite, so the GPU does
+    // not wait while the host reads the statistics and encodes the step (some 900 dispatches). With
+    // several, the clip needs the global norm of all devices, read back first.
+    const c = this.config;
+    const lr = learningRate(this.schedule, k);
+    const hyper = {
+      lr,
+      beta1: c.adamBeta1,
+      beta2: c.adamBeta2,
+      eps: c.adamEpsilon,
+      weightDecay: c.weightDecay,
+      step: this.#optimizerSteps + 1,
+    };
+    const onGpu = this.#devices.length === 1;
     let sq = 0;
-    let nonFinite = !Number.isFinite(sum.nll);
+    let gradsNonFinite = false;
+    const nextSlot = new Map<Gpu, number>();
     for (const d of this.#devices) {
       const grads = d.params.map((i) => this.#grad(i));
-      const enc = new Encoder(d.gpu, { label: "trainer.unscale+stats" });
+      const enc = new ReplayEncoder(
+        d.bindings,
+        onGpu ? "trainer.unscale+stats+step" : "trainer.unscale+stats",
+      );
       await gradUnscale(enc, { grads, lossScale: scale });
       await gradStats(enc, { grads, partials: d.partials, stats: d.stats });
+      if (onGpu) await this.#optimizerStep(enc, d, hyper);
+      nextSlot.set(d.gpu, enc.nextSlot);
       await enc.submit();
       const bytes = await readBytes(d.gpu, d.stats, GRAD_STATS_BYTES);
       const norm = new Float32Array(bytes, 0, 1)[0];
-      if (new Uint32Array(bytes, 4, 1)[0] !== 0 || !Number.isFinite(norm)) nonFinite = true;
+      if (new Uint32Array(bytes, 4, 1)[0] !== 0 || !Number.isFinite(norm)) gradsNonFinite = true;
       sq += norm * norm;
     }
+    const nonFinite = gradsNonFinite || !Number.isFinite(sum.nll);
     const gradNorm = Math.sqrt(sq);
-    const lr = learningRate(this.schedule, k);
-    const apply = !this.#scaler.update(nonFinite);
-    if (apply) {
-      this.#optimizerSteps++;
-      const c = this.config;
-      const hyper = {
-        lr,
-        beta1: c.adamBeta1,
-        beta2: c.adamBeta2,
-        eps: c.adamEpsilon,
-        weightDecay: c.weightDecay,
-        step: this.#optimizerSteps,
-      };
+    let apply = !this.#scaler.update(nonFinite);
+    if (onGpu) {
+      // The GPU applied the step exactly when every gradient was finite (a non-finite loss comes
+      // from non-finite logits, whose gradients are not finite either).
+      apply = !gradsNonFinite;
+    } else if (apply) {
       for (const d of this.#devices) {
-        if (this.#devices.length > 1) {
-          // The clip reads the global norm from the device's stats buffer.
-          const s = new ArrayBuffer(GRAD_STATS_BYTES);
-          new Float32Array(s, 0, 1)[0] = gradNorm;
-          writeBuffer(d.gpu, d.stats, new Uint8Array(s));
-        }
-        const enc = new Encoder(d.gpu, { label: "trainer.clip+adamw" });
-        const grads = d.params.map((i) => this.#grad(i));
-        await gradClip(enc, { grads, stats: d.stats, maxNorm: c.maxGradNorm });
-        for (const i of d.params) {
-          const p = this.params[i];
-          const st = this.#states[i];
-          if (st.kind === "8bit") {
-            await adamw8bit(enc, { param: p.weight, grad: p.grad, state: st.state, hyper });
-          } else {
-            await adamw(enc, {
-              param: p.weight,
-              grad: p.grad,
-              m: st.m,
-              v: st.v,
-              n: st.n,
-              hyper,
-              order: "torch",
-            });
-          }
-        }
+        // The clip reads the global norm from the device's stats buffer.
+        const s = new ArrayBuffer(GRAD_STATS_BYTES);
+        new Float32Array(s, 0, 1)[0] = gradNorm;
+        writeBuffer(d.gpu, d.stats, new Uint8Array(s));
+        const enc = new ReplayEncoder(d.bindings, "trainer.clip+adamw", nextSlot.get(d.gpu));
+        await this.#optimizerStep(enc, d, hyper);
         await enc.submit();
       }
     }
+    if (apply) this.#optimizerSteps++;
     for (const d of this.#devices) await d.gpu.sync();
     this.#step++;
     const seconds = (performance.now() - t0) / 1000;
@@ -461,6 +467,41 @@ export class LLAMAFineTuner {
       elapsed_s: (performance.now() - this.#startedAt) / 1000,
       epoch: this.#epoch,
     };
+  }
+
+  /** Encodes the clip (the norm read from the device's stats) and the AdamW step of every parameter
+   * of a device, which does nothing when the stats count a non-finite gradient. */
+  async #optimizerStep(
+    enc: Encoder,
+    d: { params: number[]; stats: GPUBuffer },
+    hyper: AdamWHyper,
+  ): Promise<void> {
+    const grads = d.params.map((i) => this.#grad(i));
+    await gradClip(enc, { grads, stats: d.stats, maxNorm: this.config.maxGradNorm });
+    for (const i of d.params) {
+      const p = this.params[i];
+      const st = this.#states[i];
+      if (st.kind === "8bit") {
+        await adamw8bit(enc, {
+          param: p.weight,
+          grad: p.grad,
+          state: st.state,
+          hyper,
+          skipIfNonFinite: d.stats,
+        });
+      } else {
+        await adamw(enc, {
+          param: p.weight,
+          grad: p.grad,
+          m: st.m,
+          v: st.v,
+          n: st.n,
+          hyper,
+          order: "torch",
+          skipIfNonFinite: d.stats,
+        });
+      }
+    }
   }
 
   /** Token-weighted mean NLL over the validation set (the first evalMaxExamples when set). */
@@ -681,6 +722,9 @@ export class LLAMAFineTuner {
       if (s.kind === "8bit") s.state.destroy();
       else [s.m, s.v].forEach(releaseBuffer);
     }
-    for (const d of this.#devices) [d.partials, d.stats].forEach(releaseBuffer);
+    for (const d of this.#devices) {
+      [d.partials, d.stats].forEach(releaseBuffer);
+      d.bindings.destroy();
+    }
   }
 }

@@ -39,9 +39,10 @@ import {
   upload,
   writeBuffer,
 } from "../engine/buffers.ts";
-import { bindGroupEntries, type Binding, Encoder } from "../engine/encoder.ts";
+import { Encoder } from "../engine/encoder.ts";
 import type { Gpu } from "../engine/gpu.ts";
 import { add, attention, type Linear, linear, rmsnorm, rope, swiglu } from "../engine/ops.ts";
+import { ReplayBindings, ReplayEncoder } from "../engine/replay_encoder.ts";
 import { Rng } from "../engine/rng.ts";
 import { Tape } from "../engine/tape.ts";
 import { Tensor } from "../engine/tensor.ts";
@@ -119,154 +120,15 @@ interface LoraGroup {
 const ATTN_INPUT: readonly LoraTarget[] = ["q_proj", "k_proj", "v_proj"];
 const MLP_INPUT: readonly LoraTarget[] = ["gate_proj", "up_proj"];
 
-/** Bytes of one dispatch's parameter slot in the decode step's uniform buffer. */
-const PARAM_SLOT_BYTES = 256;
-const UNIFORM_COPY_DST = 0x40 | 0x08;
-
-interface CachedDispatch {
-  pipeline: GPUComputePipeline;
-  buffers: Binding[];
-  bindGroup: GPUBindGroup;
-}
-
-function sameBindings(a: Binding[], b: Binding[]): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) {
-    const x = a[i];
-    const y = b[i];
-    if (x === y) continue;
-    if (!("buffer" in x) || !("buffer" in y)) return false;
-    if (x.buffer !== y.buffer || x.offset !== y.offset || x.size !== y.size) return false;
-  }
-  return true;
-}
-
 /** A decode step submits its dispatches in pieces of about this many (whole layers), so that the
  * GPU runs the first layers while the CPU encodes the later ones. */
 const SUBMIT_AFTER_DISPATCHES = 48;
-
-/** Parameter slots per uniform buffer of the decode step (64 KiB each). */
-const SLOTS_PER_CHUNK = 256;
-
-/** The bind groups and parameter slots of one device's decode step, kept across steps. Slot i lives
- * in uniform buffer floor(i / SLOTS_PER_CHUNK); more slots add buffers and never replace one, so a
- * bind group made in any step (or earlier in the same step, already recorded in its pass) stays
- * valid until destroy(). */
-class StepBindings {
-  readonly dispatches: (CachedDispatch | undefined)[] = [];
-  readonly chunks: GPUBuffer[] = [];
-  /** Host copy of the slots, written to the chunks at submit. */
-  data = new Uint8Array(0);
-  #destroyed = false;
-
-  constructor(readonly gpu: Gpu) {}
-
-  /** Makes room for slot `i`; returns the uniform buffer and byte offset that hold it. */
-  slot(i: number): { buffer: GPUBuffer; offset: number } {
-    if (this.#destroyed) throw new Error("decode step bindings used after the KV cache was destroyed");
-    const chunk = Math.floor(i / SLOTS_PER_CHUNK);
-    while (this.chunks.length <= chunk) {
-      this.chunks.push(this.gpu.device.createBuffer({
-        size: SLOTS_PER_CHUNK * PARAM_SLOT_BYTES,
-        usage: UNIFORM_COPY_DST,
-        label: `decode.params${this.chunks.length}`,
-      }));
-    }
-    const need = this.chunks.length * SLOTS_PER_CHUNK * PARAM_SLOT_BYTES;
-    if (this.data.byteLength < need) {
-      const data = new Uint8Array(need);
-      data.set(this.data);
-      this.data = data;
-    }
-    return { buffer: this.chunks[chunk], offset: (i % SLOTS_PER_CHUNK) * PARAM_SLOT_BYTES };
-  }
-
-  /** Writes slots first..end-1 to their buffers. */
-  write(first: number, end: number): void {
-    const queue = this.gpu.device.queue;
-    for (let i = first; i < end;) {
-      const c = Math.floor(i / SLOTS_PER_CHUNK);
-      const stop = Math.min(end, (c + 1) * SLOTS_PER_CHUNK);
-      const offset = (i - c * SLOTS_PER_CHUNK) * PARAM_SLOT_BYTES;
-      queue.writeBuffer(
-        this.chunks[c],
-        offset,
-        this.data,
-        i * PARAM_SLOT_BYTES,
-        (stop - i) * PARAM_SLOT_BYTES,
-      );
-      i = stop;
-    }
-  }
-
-  destroy(): void {
-    this.#destroyed = true;
-    for (const b of this.chunks) b.destroy();
-    this.chunks.length = 0;
-    this.dispatches.length = 0;
-  }
-}
-
-/** An Encoder for the decode step. A step encodes the same dispatches on the same buffers every
- * time (only parameters such as the cache length change), so dispatch i keeps its parameter slot
- * i of persistent uniform buffers, and its bind group from the previous step while the pipeline
- * and buffers match; creating some 25 bind groups per layer per token was the largest CPU cost of
- * a step. The parameters go to the GPU in one write per uniform buffer at each submit. */
-class DecodeEncoder extends Encoder {
-  readonly #cache: StepBindings;
-  readonly #first: number;
-
-  /** Dispatches take the slots first, first + 1, ... (a step split over several submits continues
-   * the numbering of the previous encoder). */
-  constructor(cache: StepBindings, label: string, first: number) {
-    super(cache.gpu, { label });
-    this.#cache = cache;
-    this.#first = first;
-  }
-
-  /** The slot of the next dispatch. */
-  get nextSlot(): number {
-    return this.#first + this.dispatches;
-  }
-
-  protected override bindGroup(
-    pipeline: GPUComputePipeline,
-    params: ArrayBufferView,
-    buffers: Binding[],
-  ): GPUBindGroup {
-    if (params.byteLength > PARAM_SLOT_BYTES) {
-      throw new RangeError(
-        `${pipeline.label}: ${params.byteLength} bytes of parameters; slots hold ${PARAM_SLOT_BYTES}`,
-      );
-    }
-    const cache = this.#cache;
-    const i = this.nextSlot;
-    const slot = cache.slot(i);
-    cache.data.set(new Uint8Array(params.buffer, params.byteOffset, params.byteLength), i * PARAM_SLOT_BYTES);
-    let hit = cache.dispatches[i];
-    if (!hit || hit.pipeline !== pipeline || !sameBindings(hit.buffers, buffers)) {
-      const size = Math.max(16, Math.ceil(params.byteLength / 16) * 16);
-      const bindGroup = this.gpu.device.createBindGroup({
-        layout: pipeline.getBindGroupLayout(0),
-        entries: bindGroupEntries({ ...slot, size }, buffers),
-      });
-      hit = { pipeline, buffers: buffers.slice(), bindGroup };
-      cache.dispatches[i] = hit;
-    }
-    return hit.bindGroup;
-  }
-
-  /** The parameters of this encoder's dispatches go to their slots in one write per uniform buffer. */
-  protected override beforeSubmit(): void {
-    this.#cache.write(this.#first, this.nextSlot);
-  }
-}
 
 /** The T = 1 workspace of one device. */
 interface DeviceState {
   gpu: Gpu;
   /** Bind groups and parameter slots of this device's decode step. */
-  bindings: StepBindings;
+  bindings: ReplayBindings;
   layers: LayerState[];
   /** f16 [C]: the residual stream of the decoded token. */
   x: GPUBuffer;
@@ -386,7 +248,7 @@ export class KvCacheModel {
         const f16 = (n: number, label: string) => this.#keep(createBuffer(gpu, n * 2, "workspace", label));
         dev = {
           gpu,
-          bindings: new StepBindings(gpu),
+          bindings: new ReplayBindings(gpu, "decode"),
           layers: [],
           x: f16(C, "decode.x"),
           h: f16(C, "decode.h"),
@@ -647,7 +509,7 @@ export class KvCacheModel {
         const prev = this.#devices[d - 1];
         writeBuffer(gpu, dev.x, new Uint8Array(await readBytes(prev.gpu, prev.x, C * 2)));
       }
-      let enc = new DecodeEncoder(dev.bindings, `decode step ${n}`, 0);
+      let enc = new ReplayEncoder(dev.bindings, `decode step ${n}`, 0);
       if (d === 0) {
         await embeddingForward(enc, {
           table: this.#weights.embed,
@@ -763,7 +625,7 @@ export class KvCacheModel {
           await enc.submit();
           t0 = performance.now();
           times.submitMs += t0 - t1;
-          enc = new DecodeEncoder(dev.bindings, `decode step ${n}`, enc.nextSlot);
+          enc = new ReplayEncoder(dev.bindings, `decode step ${n}`, enc.nextSlot);
         }
       }
       if (d === this.#devices.length - 1) {

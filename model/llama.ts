@@ -33,6 +33,7 @@ import { matmul } from "../kernels/matmul/matmul.ts";
 import { Encoder } from "../engine/encoder.ts";
 import type { Gpu } from "../engine/gpu.ts";
 import type { MemoryReport } from "../engine/memory.ts";
+import { ReplayBindings, ReplayEncoder } from "../engine/replay_encoder.ts";
 import { Tape } from "../engine/tape.ts";
 import { Tensor } from "../engine/tensor.ts";
 import { Rng } from "../engine/testing.ts";
@@ -86,6 +87,16 @@ export interface LlamaBuildOptions {
 }
 
 /** Where each weight's module lives in the HF names. */
+/** The loss sums of the cross-entropy totals buffer (nll f32, label tokens u32); frees the buffer. */
+async function readLossTotals(gpu: Gpu, totals: GPUBuffer): Promise<LossSum> {
+  try {
+    const bytes = await readBytes(gpu, totals, CROSS_ENTROPY_TOTALS_BYTES);
+    return { nll: new Float32Array(bytes, 0, 1)[0], tokens: new Uint32Array(bytes, 4, 1)[0] };
+  } finally {
+    releaseBuffer(totals);
+  }
+}
+
 export const MODULE_PATH: Record<LoraTarget, string> = {
   q_proj: "self_attn.q_proj",
   k_proj: "self_attn.k_proj",
@@ -178,6 +189,7 @@ export class Llama implements LlamaModel {
   #devices: Device[] = [];
   #params: (LoraParameter & { layer: number; module: LoraTarget; factor: "A" | "B" })[] = [];
   #adapters: { gpu: Gpu; a: LoraAdapter; in: number; out: number }[] = [];
+  #castBindings = new Map<Gpu, ReplayBindings>();
   #embed!: GPUBuffer;
   #finalNorm!: GPUBuffer;
   #lmHead!: GPUBuffer;
@@ -411,10 +423,16 @@ export class Llama implements LlamaModel {
     return this.gpus.map((g) => g.memory.report());
   }
 
-  /** The f16 copies of the LoRA masters, refreshed before every pass (the optimizer changes the masters). */
+  /** The f16 copies of the LoRA masters, refreshed before every pass (the optimizer changes the masters):
+   * the same dispatches every time, their bind groups kept. */
   async #castFactors(): Promise<void> {
     for (const gpu of this.gpus) {
-      const enc = new Encoder(gpu, { label: "lora cast" });
+      let bindings = this.#castBindings.get(gpu);
+      if (!bindings) {
+        bindings = new ReplayBindings(gpu, "lora_cast");
+        this.#castBindings.set(gpu, bindings);
+      }
+      const enc = new ReplayEncoder(bindings, "lora cast");
       for (const ad of this.#adapters) {
         if (ad.gpu !== gpu) continue;
         await loraCastFactors(enc, {
@@ -552,12 +570,14 @@ export class Llama implements LlamaModel {
   }
 
   /** Final norm and the fused lm_head + cross-entropy on the last device; with gradScale, also the
-   * gradient of the block stack's output. */
+   * gradient of the block stack's output. The loss sums stay in `totals` (CROSS_ENTROPY_TOTALS_BYTES,
+   * read by readLossTotals, which frees it): reading them at once would leave the GPU idle while the
+   * host encodes the first block of the backward. */
   async #head(
     x: Tensor,
     labels: Int32Array,
     gradScale: number | null,
-  ): Promise<{ loss: LossSum; dx?: Tensor }> {
+  ): Promise<{ totals: GPUBuffer; dx?: Tensor }> {
     const gpu = x.gpu;
     const { hiddenSize: C, vocabSize: V, rmsNormEps: eps } = this.config;
     const T = labels.length;
@@ -570,6 +590,7 @@ export class Llama implements LlamaModel {
     const totals = createBuffer(gpu, CROSS_ENTROPY_TOTALS_BYTES, "workspace", "ce.totals");
     const dHidden = gradScale === null ? undefined : createBuffer(gpu, T * C * 4, "workspace", "ce.dhidden");
     const tape = new Tape(gpu, gradScale !== null);
+    let done = false;
     try {
       const enc = new Encoder(gpu, { label: "head" });
       const normed = await rmsnorm(tape, enc, x, this.#finalNorm, eps, "final_norm");
@@ -595,14 +616,13 @@ export class Llama implements LlamaModel {
         x.grad = undefined;
       }
       await enc.submit();
-      const bytes = await readBytes(gpu, totals, CROSS_ENTROPY_TOTALS_BYTES);
-      const nll = new Float32Array(bytes, 0, 1)[0];
-      const tokens = new Uint32Array(bytes, 4, 1)[0];
-      return { loss: { nll, tokens }, dx };
+      done = true;
+      return { totals, dx };
     } finally {
       tape.release();
       ws.destroy();
-      for (const b of [labelsBuf, lossBuf, lse, totals]) releaseBuffer(b);
+      for (const b of [labelsBuf, lossBuf, lse]) releaseBuffer(b);
+      if (!done) releaseBuffer(totals);
       if (dHidden) releaseBuffer(dHidden);
     }
   }
@@ -619,8 +639,10 @@ export class Llama implements LlamaModel {
     }
     await this.#castFactors();
     const { inputs, out, positions } = await this.#forwardBlocks(ids, seed >>> 0, true);
+    let totals: GPUBuffer | undefined;
     try {
       const head = await this.#head(out, labels, gradScale);
+      totals = head.totals;
       out.release();
       // The head's logits chunks have sizes no block uses: free them before the backward.
       this.#trimPools();
@@ -641,9 +663,12 @@ export class Llama implements LlamaModel {
         x.release();
       }
       dh.release();
+      const loss = await readLossTotals(out.gpu, totals);
+      totals = undefined;
       for (const gpu of this.gpus) await gpu.sync();
-      return head.loss;
+      return loss;
     } finally {
+      if (totals) releaseBuffer(totals);
       for (const t of inputs) t.release();
       for (const b of positions.values()) releaseBuffer(b);
       this.#trimPools();
@@ -662,7 +687,7 @@ export class Llama implements LlamaModel {
     await this.#castFactors();
     const { out, positions } = await this.#forwardBlocks(ids, null, false);
     try {
-      return (await this.#head(out, labels, null)).loss;
+      return await readLossTotals(out.gpu, (await this.#head(out, labels, null)).totals);
     } finally {
       out.release();
       for (const b of positions.values()) releaseBuffer(b);
@@ -752,6 +777,8 @@ export class Llama implements LlamaModel {
     for (const lin of this.#nf4) if (lin.base.kind === "nf4") nf4Release(lin.base.w);
     for (const b of new Set(this.#owned)) releaseBuffer(b);
     this.#owned = [];
+    for (const b of this.#castBindings.values()) b.destroy();
+    this.#castBindings.clear();
   }
 }
 
