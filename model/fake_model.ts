@@ -105,6 +105,7 @@ export class FakeModel implements LlamaModel {
     labels: Int32Array,
     gradScale: number,
     seed: number,
+    afterBackward?: () => Promise<void>,
   ): Promise<LossSum> {
     if (ids.length !== labels.length) throw new Error("fake model: ids and labels differ in length");
     const w = await this.#weights();
@@ -123,6 +124,7 @@ export class FakeModel implements LlamaModel {
       writeBuffer(p.gpu, p.grad, g);
       o += p.numel;
     }
+    await afterBackward?.();
     await this.gpus[0].sync();
     return { nll, tokens: ys.length };
   }

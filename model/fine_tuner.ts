@@ -203,6 +203,16 @@ function pad4(n: number): number {
   return Math.ceil(n / 4) * 4;
 }
 
+/** Per device: its parameters (indices), the gradient statistics' workspace and result, and the
+ * bind groups of the step's unscale, statistics, clip and optimizer dispatches, kept across steps. */
+interface TrainerDevice {
+  gpu: Gpu;
+  params: number[];
+  partials: GPUBuffer;
+  stats: GPUBuffer;
+  bindings: ReplayBindings;
+}
+
 export class LLAMAFineTuner {
   readonly config: TrainingConfig;
   readonly strategy: FineTuningStrategy;
@@ -215,15 +225,7 @@ export class LLAMAFineTuner {
   readonly #train: readonly TrainExample[];
   readonly #val: readonly TrainExample[];
   readonly #states: OptimState[];
-  /** Per device: its parameters (indices), the gradient statistics' workspace and result, and the
-   * bind groups of the step's unscale, statistics, clip and optimizer dispatches, kept across steps. */
-  readonly #devices: {
-    gpu: Gpu;
-    params: number[];
-    partials: GPUBuffer;
-    stats: GPUBuffer;
-    bindings: ReplayBindings;
-  }[];
+  readonly #devices: TrainerDevice[];
   #scaler: LossScaler;
   #step = 0;
   #optimizerSteps = 0;
@@ -386,21 +388,11 @@ export class LLAMAFineTuner {
     const labelCount = examples.reduce((s, e) => s + labelTokens(e.labels), 0);
     const allTokens = examples.reduce((s, e) => s + e.input_ids.length, 0);
     const scale = this.#scaler.scale;
-    const sum = await this.strategy.accumulate(this.model, sequences, scale / labelCount);
-    if (sum.tokens !== labelCount) {
-      throw new Error(
-        `the model counted ${sum.tokens} label tokens in step ${
-          k + 1
-        } but the trainer counted ${labelCount} ` +
-          `(labels != -100 at positions 1..T-1): model and trainer disagree on the label convention.`,
-      );
-    }
-    const loss = sum.nll / labelCount;
-
     // Unscale and measure the gradients on every device. With one device the clip and the optimizer
-    // step follow in the same submit, skipped on the GPU when a gradient is not finite, so the GPU does
-    // not wait while the host reads the statistics and encodes the step (some 900 dispatches). With
-    // several, the clip needs the global norm of all devices, read back first.
+    // step follow in the same submit, skipped on the GPU when a gradient is not finite, and that
+    // submit goes out right behind the backward (before the loss read-back), so the GPU does not
+    // wait while the host encodes it (some 1800 dispatches). With several, the clip needs the
+    // global norm of all devices, read back first.
     const c = this.config;
     const lr = learningRate(this.schedule, k);
     const hyper = {
@@ -412,20 +404,39 @@ export class LLAMAFineTuner {
       step: this.#optimizerSteps + 1,
     };
     const onGpu = this.#devices.length === 1;
-    let sq = 0;
-    let gradsNonFinite = false;
     const nextSlot = new Map<Gpu, number>();
-    for (const d of this.#devices) {
+    const encodeGradients = async (d: TrainerDevice, step: boolean) => {
       const grads = d.params.map((i) => this.#grad(i));
       const enc = new ReplayEncoder(
         d.bindings,
-        onGpu ? "trainer.unscale+stats+step" : "trainer.unscale+stats",
+        step ? "trainer.unscale+stats+step" : "trainer.unscale+stats",
       );
       await gradUnscale(enc, { grads, lossScale: scale });
       await gradStats(enc, { grads, partials: d.partials, stats: d.stats });
-      if (onGpu) await this.#optimizerStep(enc, d, hyper);
+      if (step) await this.#optimizerStep(enc, d, hyper);
       nextSlot.set(d.gpu, enc.nextSlot);
       await enc.submit();
+    };
+    const sum = await this.strategy.accumulate(
+      this.model,
+      sequences,
+      scale / labelCount,
+      onGpu ? () => encodeGradients(this.#devices[0], true) : undefined,
+    );
+    if (sum.tokens !== labelCount) {
+      throw new Error(
+        `the model counted ${sum.tokens} label tokens in step ${
+          k + 1
+        } but the trainer counted ${labelCount} ` +
+          `(labels != -100 at positions 1..T-1): model and trainer disagree on the label convention.`,
+      );
+    }
+    const loss = sum.nll / labelCount;
+    let sq = 0;
+    let gradsNonFinite = false;
+    for (const d of this.#devices) {
+      // (With one device the model ran encodeGradients after the backward.)
+      if (!nextSlot.has(d.gpu)) await encodeGradients(d, onGpu);
       const bytes = await readBytes(d.gpu, d.stats, GRAD_STATS_BYTES);
       const norm = new Float32Array(bytes, 0, 1)[0];
       if (new Uint32Array(bytes, 4, 1)[0] !== 0 || !Number.isFinite(norm)) gradsNonFinite = true;
@@ -473,7 +484,7 @@ export class LLAMAFineTuner {
    * of a device, which does nothing when the stats count a non-finite gradient. */
   async #optimizerStep(
     enc: Encoder,
-    d: { params: number[]; stats: GPUBuffer },
+    d: TrainerDevice,
     hyper: AdamWHyper,
   ): Promise<void> {
     const grads = d.params.map((i) => this.#grad(i));

@@ -632,6 +632,7 @@ export class Llama implements LlamaModel {
     labels: Int32Array,
     gradScale: number,
     seed: number,
+    afterBackward?: () => Promise<void>,
   ): Promise<LossSum> {
     this.#checkInputs(ids, labels);
     if (!Number.isFinite(gradScale)) {
@@ -663,6 +664,7 @@ export class Llama implements LlamaModel {
         x.release();
       }
       dh.release();
+      await afterBackward?.();
       const loss = await readLossTotals(out.gpu, totals);
       totals = undefined;
       for (const gpu of this.gpus) await gpu.sync();

@@ -47,8 +47,14 @@ export interface FineTuningStrategy {
   trainableParameters(model: LlamaModel): LoraParameter[];
   /** Forward and backward of one step's sequences, gradients accumulated into the parameters'
    * grad buffers (zeroed first) with `gradScale` on each sequence's NLL sum. Returns the summed
-   * loss over all sequences. */
-  accumulate(model: LlamaModel, sequences: readonly StepSequence[], gradScale: number): Promise<LossSum>;
+   * loss over all sequences. `afterBackward` runs after the last sequence's backward is submitted,
+   * before its loss is read back (LlamaModel.forwardBackward). */
+  accumulate(
+    model: LlamaModel,
+    sequences: readonly StepSequence[],
+    gradScale: number,
+    afterBackward?: () => Promise<void>,
+  ): Promise<LossSum>;
 }
 
 abstract class LoraStrategyBase implements FineTuningStrategy {
@@ -72,12 +78,20 @@ abstract class LoraStrategyBase implements FineTuningStrategy {
     model: LlamaModel,
     sequences: readonly StepSequence[],
     gradScale: number,
+    afterBackward?: () => Promise<void>,
   ): Promise<LossSum> {
     await model.zeroGrads();
     let nll = 0;
     let tokens = 0;
-    for (const s of sequences) {
-      const r = await model.forwardBackward(s.ids, s.labels, gradScale, s.seed);
+    for (const [i, s] of sequences.entries()) {
+      const last = i === sequences.length - 1;
+      const r = await model.forwardBackward(
+        s.ids,
+        s.labels,
+        gradScale,
+        s.seed,
+        last ? afterBackward : undefined,
+      );
       nll += r.nll;
       tokens += r.tokens;
     }

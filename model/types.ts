@@ -85,8 +85,16 @@ export interface LlamaModel {
   zeroGrads(): Promise<void>;
   /** Forward and backward of one sequence (B = 1, T = ids.length) with per-block recomputation:
    * adds d(gradScale * sum of label-token NLL)/d(theta) into the gradients. gradScale carries the
-   * loss scale and the 1/tokens normalization. The dropout mask derives from `seed`. */
-  forwardBackward(ids: Int32Array, labels: Int32Array, gradScale: number, seed: number): Promise<LossSum>;
+   * loss scale and the 1/tokens normalization. The dropout mask derives from `seed`.
+   * `afterBackward` runs once the backward is submitted and before the loss is read back: what it
+   * submits (the optimizer step) queues behind the backward, the GPU not waiting for the read-back. */
+  forwardBackward(
+    ids: Int32Array,
+    labels: Int32Array,
+    gradScale: number,
+    seed: number,
+    afterBackward?: () => Promise<void>,
+  ): Promise<LossSum>;
   /** Forward only (no dropout): the NLL sum of the label tokens. */
   loss(ids: Int32Array, labels: Int32Array): Promise<LossSum>;
   /** Peak and live bytes per device. */
