@@ -8,7 +8,8 @@
 //             (what pass 2 would write: its weight exp(lse - lse) is exactly 1), and part is unused.
 // Workgroup (c, g): 128 invocations. Scores: one invocation per cached position, dot products with
 // the G query rows held in workgroup memory. Then per-head max and sum over the chunk, and the
-// weighted sum of v with one invocation per (head, 4 columns), reading whole v rows together.
+// weighted sum of v with one invocation per (4 columns, group of positions) for all G heads,
+// reading whole v rows together.
 // D is a multiple of 4, at most 128; G at most 8.
 enable f16;
 
@@ -38,6 +39,9 @@ var<workgroup> Qs: array<vec4<f32>, MAXG * MAXD4>; // [head in group][D/4]
 var<workgroup> S: array<f32, MAXG * CHUNK>; // scores, then exp(score - max)
 var<workgroup> red: array<f32, MAXG * 16u>;
 var<workgroup> stat: array<f32, 2u * MAXG>; // max, then sum, per head
+// Partial weighted sums of v [position group][head][D/4], 128 / (D/4) position groups: at most
+// 128 * G vectors.
+var<workgroup> Vs: array<vec4<f32>, MAXG * 128u>;
 
 @compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
@@ -55,16 +59,22 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
 
   // Scores: invocation tid takes cached position j0 + tid for every head of the group.
   let j = j0 + tid;
+  // Loops over the group's heads run to the constant MAXG (G at run time inside), so that the
+  // per-head accumulators can stay in registers instead of an indexed local array.
   var dots: array<f32, MAXG>;
   for (var hh = 0u; hh < MAXG; hh++) { dots[hh] = 0.0; }
   if (j < p.n) {
     let base = (j * p.KVH + g) * D4;
     for (var d = 0u; d < D4; d++) {
       let kx = vec4<f32>(k[base + d]);
-      for (var hh = 0u; hh < G; hh++) { dots[hh] += dot(Qs[hh * MAXD4 + d], kx); }
+      for (var hh = 0u; hh < MAXG; hh++) {
+        if (hh < G) { dots[hh] += dot(Qs[hh * MAXD4 + d], kx); }
+      }
     }
   }
-  for (var hh = 0u; hh < G; hh++) { S[hh * CHUNK + tid] = select(NEG, dots[hh] * p.scale, j < p.n); }
+  for (var hh = 0u; hh < MAXG; hh++) {
+    if (hh < G) { S[hh * CHUNK + tid] = select(NEG, dots[hh] * p.scale, j < p.n); }
+  }
   workgroupBarrier();
 
   // Max per head: 16 invocations per head each take 8 positions, then one invocation per head.
@@ -101,21 +111,38 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
   }
   workgroupBarrier();
 
-  // Weighted sum of v: invocation (head hh, column group d) over the chunk's positions.
+  // Weighted sum of v: invocation (column group d, position group pg) takes every PG-th position
+  // of the chunk for all G heads (each v vector read once for the group), so its chain of loads is
+  // rows / PG long instead of rows; the PG partial sums then meet in workgroup memory.
   let rows = min(CHUNK, p.n - j0);
+  let PG = 128u / D4;
+  let d = tid % D4;
+  let pg = tid / D4;
+  var acc: array<vec4<f32>, MAXG>;
+  for (var hh = 0u; hh < MAXG; hh++) { acc[hh] = vec4<f32>(0.0); }
+  if (pg < PG) {
+    for (var t = pg; t < rows; t += PG) {
+      let vx = vec4<f32>(v[((j0 + t) * p.KVH + g) * D4 + d]);
+      for (var hh = 0u; hh < MAXG; hh++) {
+        if (hh < G) { acc[hh] = fma(vec4<f32>(S[hh * CHUNK + t]), vx, acc[hh]); }
+      }
+    }
+    for (var hh = 0u; hh < MAXG; hh++) {
+      if (hh < G) { Vs[(pg * G + hh) * D4 + d] = acc[hh]; }
+    }
+  }
+  workgroupBarrier();
   for (var i = tid; i < G * D4; i += 128u) {
     let hh = i / D4;
-    let d = i % D4;
-    var acc = vec4<f32>(0.0);
-    for (var t = 0u; t < rows; t++) {
-      acc = fma(vec4<f32>(S[hh * CHUNK + t]), vec4<f32>(v[((j0 + t) * p.KVH + g) * D4 + d]), acc);
-    }
-    let o = acc / stat[MAXG + hh];
+    let dd = i % D4;
+    var sum = vec4<f32>(0.0);
+    for (var r = 0u; r < PG; r++) { sum += Vs[(r * G + hh) * D4 + dd]; }
+    let o = sum / stat[MAXG + hh];
     if (p.C == 1u) {
-      out[(h0 + hh) * D4 + d] = vec4<f16>(o);
+      out[(h0 + hh) * D4 + dd] = vec4<f16>(o);
       continue;
     }
-    let at = ((h0 + hh) * p.C + c) * D + d * 4u;
+    let at = ((h0 + hh) * p.C + c) * D + dd * 4u;
     part[at] = o.x;
     part[at + 1u] = o.y;
     part[at + 2u] = o.z;

@@ -31,13 +31,15 @@ interface Case extends DecodeAttentionShape {
 }
 
 // Ragged n: one row, under one chunk, just over one chunk (128), several chunks with a ragged
-// last one, a full cache; GQA groups of 1, 4 and 8; head dims 64 and 128; peaked scores.
+// last one, a full cache; GQA groups of 1, 3, 4 and 8; head dims 64, 96 (D/4 = 24 does not divide
+// the 128 invocations that share out v's positions) and 128; peaked scores.
 const CASES: Case[] = [
   { n: 1, Tmax: 16, H: 4, KVH: 1, D: 64, range: 1 },
   { n: 37, Tmax: 300, H: 4, KVH: 2, D: 64, range: 1 },
   { n: 129, Tmax: 300, H: 8, KVH: 1, D: 128, range: 1 },
   { n: 300, Tmax: 300, H: 2, KVH: 2, D: 128, range: 3 },
   { n: 517, Tmax: 600, H: 8, KVH: 2, D: 64, range: 2, scale: 0.3 },
+  { n: 45, Tmax: 64, H: 6, KVH: 2, D: 96, range: 1 },
 ];
 
 await gpuTest("decode attention matches the float64 reference on ragged cache lengths", async (gpu) => {
