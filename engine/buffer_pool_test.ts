@@ -1,11 +1,15 @@
 // The pool of released storage buffers: reuse by exact size, the ledger's live, pooled and peak bytes,
 // mappable buffers never pooled, the cap, trimming, buffers held back while an encoder is open; a
-// reused buffer works like a new one.
+// reused buffer works like a new one; a census of the buffers in use at once and a trim that keeps
+// that many; buffers destroyed without pooling.
 
 import { ok as assert } from "node:assert";
 import {
   BUFFER_POOL_MAX_BYTES,
+  closeBufferCensus,
   createBuffer,
+  destroyBuffer,
+  openBufferCensus,
   readAs,
   releaseBuffer,
   trimBufferPool,
@@ -70,5 +74,42 @@ await gpuTest(
     trimBufferPool(gpu);
     assert(gpu.memory.report().pooledBytes === 0, "trim left pooled bytes");
     assert(BUFFER_POOL_MAX_BYTES >= 2 ** 30);
+  },
+);
+
+await gpuTest(
+  "buffer pool: a census counts the buffers in use at once; a trim keeps that many",
+  async (gpu) => {
+    trimBufferPool(gpu);
+    const before = createBuffer(gpu, 400, "workspace", "made before the census");
+    openBufferCensus(gpu);
+    // 800 bytes: three in use at once (then one released and one made again); 1200: one, twice.
+    const a = [0, 1, 2].map(() => createBuffer(gpu, 800, "activations"));
+    releaseBuffer(a[0]);
+    a[0] = createBuffer(gpu, 800, "activations");
+    for (let i = 0; i < 2; i++) releaseBuffer(createBuffer(gpu, 1200, "workspace"));
+    releaseBuffer(before); // made before the census: not counted
+    const census = closeBufferCensus(gpu);
+    assert(census.get(800) === 3 && census.get(1200) === 1 && !census.has(400), `census ${[...census]}`);
+    for (const b of a) releaseBuffer(b);
+    const extra = [0, 1].map(() => createBuffer(gpu, 800, "activations"));
+    for (const b of extra) releaseBuffer(b); // pooled: 800 x 3, 1200 x 1, 400 x 1
+    assert(
+      gpu.memory.report().pooledBytes === 3 * 800 + 1200 + 400,
+      `pooled ${gpu.memory.report().pooledBytes}`,
+    );
+    trimBufferPool(gpu, new Map([[800, 2], [1200, 5]]));
+    assert(gpu.memory.report().pooledBytes === 2 * 800 + 1200, `kept ${gpu.memory.report().pooledBytes}`);
+    // A kept buffer is handed out again and works.
+    const kept = upload(gpu, Float32Array.from({ length: 200 }, (_, i) => i + 0.25), "workspace", "kept");
+    assert([...a, ...extra].includes(kept), "a kept 800-byte buffer was not reused");
+    const got = await readAs(gpu, kept, "f32", 200);
+    for (let i = 0; i < 200; i++) assert(got[i] === i + 0.25, `kept buffer: element ${i} = ${got[i]}`);
+    releaseBuffer(kept);
+    const c = createBuffer(gpu, 1200, "workspace");
+    destroyBuffer(c);
+    assert(gpu.memory.report().pooledBytes === 2 * 800, "a destroyed buffer went to the pool");
+    trimBufferPool(gpu);
+    assert(gpu.memory.report().pooledBytes === 0, "trim left pooled bytes");
   },
 );

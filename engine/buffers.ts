@@ -53,7 +53,37 @@ export function createBuffer(
   const buffer = reused ?? gpu.device.createBuffer({ size, usage, label });
   accounted.set(buffer, { gpu, category, bytes: size, usage });
   gpu.memory.add(category, size);
+  const census = censuses.get(gpu);
+  if (census && usage === STORAGE) {
+    census.members.add(buffer);
+    const now = (census.now.get(size) ?? 0) + 1;
+    census.now.set(size, now);
+    if (now > (census.most.get(size) ?? 0)) census.most.set(size, now);
+  }
   return buffer;
+}
+
+/** Per Gpu, while a census is open: the storage buffers made since, how many of each size are in
+ * use, and the most of each size in use at once. */
+interface Census {
+  members: WeakSet<GPUBuffer>;
+  now: Map<number, number>;
+  most: Map<number, number>;
+}
+const censuses = new WeakMap<Gpu, Census>();
+
+/** Starts counting the storage buffers `gpu` hands out (closeBufferCensus says how many were in use
+ * at once): a pass that will run again learns which pooled buffers its next run takes. */
+export function openBufferCensus(gpu: Gpu): void {
+  censuses.set(gpu, { members: new WeakSet(), now: new Map(), most: new Map() });
+}
+
+/** Ends the census of `gpu`: per size in bytes, the most storage buffers made since it opened that
+ * were in use at once. */
+export function closeBufferCensus(gpu: Gpu): Map<number, number> {
+  const census = censuses.get(gpu);
+  censuses.delete(gpu);
+  return census?.most ?? new Map();
 }
 
 /** Per Gpu: encoders made and not yet submitted (engine/encoder.ts reports them), and the storage
@@ -91,6 +121,16 @@ function poolList(gpu: Gpu, bytes: number): GPUBuffer[] {
  * pool for reuse (while the pool holds less than BUFFER_POOL_MAX_BYTES; after the submit of the
  * encoders open at the time), any other is destroyed. */
 export function releaseBuffer(buffer: GPUBuffer): void {
+  release(buffer, true);
+}
+
+/** Takes a buffer made by createBuffer off the ledger and destroys it, never pooled: for sizes no
+ * later work asks for. */
+export function destroyBuffer(buffer: GPUBuffer): void {
+  release(buffer, false);
+}
+
+function release(buffer: GPUBuffer, reuse: boolean): void {
   const entry = accounted.get(buffer);
   if (!entry) {
     buffer.destroy();
@@ -99,7 +139,9 @@ export function releaseBuffer(buffer: GPUBuffer): void {
   accounted.delete(buffer);
   const { gpu, category, bytes, usage } = entry;
   gpu.memory.remove(category, bytes);
-  if (usage === STORAGE && gpu.memory.pooledBytes + bytes <= BUFFER_POOL_MAX_BYTES) {
+  const census = censuses.get(gpu);
+  if (census?.members.delete(buffer)) census.now.set(bytes, census.now.get(bytes)! - 1);
+  if (reuse && usage === STORAGE && gpu.memory.pooledBytes + bytes <= BUFFER_POOL_MAX_BYTES) {
     if ((openEncoders.get(gpu) ?? 0) > 0) {
       let list = held.get(gpu);
       if (!list) held.set(gpu, list = []);
@@ -113,17 +155,18 @@ export function releaseBuffer(buffer: GPUBuffer): void {
   buffer.destroy();
 }
 
-/** Destroys every pooled buffer of `gpu` (e.g. between phases whose buffer sizes differ), and the
- * held ones too when no encoder is open. */
-export function trimBufferPool(gpu: Gpu): void {
-  const lists = [...(pools.get(gpu)?.values() ?? [])];
-  if ((openEncoders.get(gpu) ?? 0) === 0) lists.push(held.get(gpu) ?? []);
-  for (const list of lists) {
-    for (const b of list) {
+/** Destroys the pooled buffers of `gpu` (e.g. between phases whose buffer sizes differ), and the
+ * held ones too when no encoder is open; with `keep`, all but up to keep.get(size) pooled buffers of
+ * each size (what a census says the next pass takes at once). */
+export function trimBufferPool(gpu: Gpu, keep?: ReadonlyMap<number, number>): void {
+  const lists = [...(pools.get(gpu)?.entries() ?? [])];
+  if ((openEncoders.get(gpu) ?? 0) === 0) lists.push([-1, held.get(gpu) ?? []]);
+  for (const [size, list] of lists) {
+    const kept = size < 0 ? 0 : Math.min(list.length, keep?.get(size) ?? 0);
+    for (const b of list.splice(kept)) {
       gpu.memory.unpool(b.size);
       b.destroy();
     }
-    list.length = 0;
   }
 }
 

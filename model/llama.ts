@@ -19,7 +19,9 @@
 // the final norm and lm_head on the last); activations and their gradients cross through host memory.
 
 import {
+  closeBufferCensus,
   createBuffer,
+  openBufferCensus,
   readAs,
   readBytes,
   readF16,
@@ -190,6 +192,8 @@ export class Llama implements LlamaModel {
   #params: (LoraParameter & { layer: number; module: LoraTarget; factor: "A" | "B" })[] = [];
   #adapters: { gpu: Gpu; a: LoraAdapter; in: number; out: number }[] = [];
   #castBindings = new Map<Gpu, ReplayBindings>();
+  /** Sequence length of the pass whose buffers the pools hold (-1: none). */
+  #pooledLength = -1;
   #embed!: GPUBuffer;
   #finalNorm!: GPUBuffer;
   #lmHead!: GPUBuffer;
@@ -638,15 +642,21 @@ export class Llama implements LlamaModel {
     if (!Number.isFinite(gradScale)) {
       throw new RangeError(`forwardBackward: gradScale ${gradScale} must be finite`);
     }
+    this.#preparePools(ids.length);
     await this.#castFactors();
-    const { inputs, out, positions } = await this.#forwardBlocks(ids, seed >>> 0, true);
+    for (const gpu of this.gpus) openBufferCensus(gpu);
+    let forwardBuffers: Map<Gpu, Map<number, number>> | undefined;
+    const { inputs, out, positions } = await this.#forwardBlocks(ids, seed >>> 0, true).finally(() => {
+      forwardBuffers = new Map(this.gpus.map((gpu) => [gpu, closeBufferCensus(gpu)]));
+    });
     let totals: GPUBuffer | undefined;
     try {
       const head = await this.#head(out, labels, gradScale);
       totals = head.totals;
       out.release();
-      // The head's logits chunks have sizes no block uses: free them before the backward.
-      this.#trimPools();
+      // The forward's leftovers in the pools would count on top of the buffers the backward adds
+      // (its gradients, of other sizes): freed, so that the backward's peak is its own.
+      for (const gpu of this.gpus) trimBufferPool(gpu);
       let dh = head.dx!;
       for (let i = this.#layers.length - 1; i >= 0; i--) {
         const layer = this.#layers[i];
@@ -673,19 +683,24 @@ export class Llama implements LlamaModel {
       if (totals) releaseBuffer(totals);
       for (const t of inputs) t.release();
       for (const b of positions.values()) releaseBuffer(b);
-      this.#trimPools();
+      // The pools keep what the next forward of this length takes at once (its first blocks then
+      // wait on no new allocations) and nothing more, so that its peak stays its own.
+      for (const gpu of this.gpus) trimBufferPool(gpu, forwardBuffers?.get(gpu));
     }
   }
 
-  /** Frees the buffers a pass released to the pool: its layers reuse each other's activation buffers,
-   * and the next pass (another sequence length) starts from an empty pool, so pooled buffers never
-   * outlive the pass that made them. */
-  #trimPools(): void {
+  /** Before a pass of T tokens: its layers reuse each other's activation buffers through the pool,
+   * and a training step's forward those its predecessor left (see forwardBackward); a pass of
+   * another length starts from an empty pool, so buffers of other sizes do not linger. */
+  #preparePools(T: number): void {
+    if (T === this.#pooledLength) return;
     for (const gpu of this.gpus) trimBufferPool(gpu);
+    this.#pooledLength = T;
   }
 
   async loss(ids: Int32Array, labels: Int32Array): Promise<LossSum> {
     this.#checkInputs(ids, labels);
+    this.#preparePools(ids.length);
     await this.#castFactors();
     const { out, positions } = await this.#forwardBlocks(ids, null, false);
     try {
@@ -693,7 +708,6 @@ export class Llama implements LlamaModel {
     } finally {
       out.release();
       for (const b of positions.values()) releaseBuffer(b);
-      this.#trimPools();
     }
   }
 
@@ -704,6 +718,7 @@ export class Llama implements LlamaModel {
    * ".resid2", and "final_norm". */
   async logits(ids: Int32Array, capture?: Map<string, Float32Array>): Promise<Float32Array> {
     this.#checkInputs(ids, new Int32Array(ids.length).fill(CROSS_ENTROPY_IGNORE_INDEX));
+    this.#preparePools(ids.length);
     await this.#castFactors();
     const { out, positions } = await this.#forwardBlocks(ids, null, false, capture);
     const gpu = out.gpu;
@@ -732,7 +747,6 @@ export class Llama implements LlamaModel {
       out.release();
       releaseBuffer(result);
       for (const b of positions.values()) releaseBuffer(b);
-      this.#trimPools();
     }
   }
 
@@ -781,6 +795,8 @@ export class Llama implements LlamaModel {
     this.#owned = [];
     for (const b of this.#castBindings.values()) b.destroy();
     this.#castBindings.clear();
+    // The pools still hold the last pass's activation buffers.
+    for (const gpu of this.gpus) trimBufferPool(gpu);
   }
 }
 

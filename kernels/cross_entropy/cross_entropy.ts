@@ -13,7 +13,7 @@
 // A label outside [0, V) other than -100 gives a NaN loss for its token (and a NaN sum), so a
 // broken batch cannot pass unnoticed.
 
-import { createBuffer, releaseBuffer } from "../../engine/buffers.ts";
+import { createBuffer, destroyBuffer } from "../../engine/buffers.ts";
 import type { Binding, Encoder } from "../../engine/encoder.ts";
 import type { Gpu } from "../../engine/gpu.ts";
 import { matmul } from "../matmul/matmul.ts";
@@ -66,9 +66,10 @@ export function createCrossEntropyWorkspace(
     dlogits,
     state,
     destroy() {
-      releaseBuffer(logits);
-      releaseBuffer(dlogits);
-      releaseBuffer(state);
+      // Chunk-sized buffers no other kernel asks for: freed, not pooled.
+      destroyBuffer(logits);
+      destroyBuffer(dlogits);
+      destroyBuffer(state);
     },
   };
 }
