@@ -5,6 +5,7 @@ import { planMemory } from "./memory_plan.ts";
 import { randomLlama } from "./llama.ts";
 import { LLAMA31_8B } from "./config.ts";
 import { ALL_LORA_TARGETS, type LlamaConfig } from "./types.ts";
+import { hasTensorCores } from "../kernels/matmul/matmul.ts";
 
 Deno.test("memory plan: Llama-3.1-8B QLoRA r=64 at T=4096 fits in 12 GB with 167,772,160 LoRA params", () => {
   const plan = planMemory({
@@ -55,6 +56,7 @@ for (const baseFormat of ["f16", "nf4"] as const) {
         targets: lora.targets,
         baseFormat,
         optimizerBytesPerParam: 0,
+        tensorCores: hasTensorCores(gpu.caps),
       });
       const rel = Math.abs(plan.peak - measured) / measured;
       assert(rel < 0.1, `predicted ${plan.peak}, measured ${measured} (${(rel * 100).toFixed(1)}%)`);
