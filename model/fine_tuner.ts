@@ -11,7 +11,8 @@
 //   4. non-finite: the update is skipped and the loss scale halved (engine/loss_scaler.ts);
 //      otherwise clip to maxGradNorm, then AdamW 8-bit (or f32 AdamW) with lr = schedule(k).
 //      The schedule advances on skipped steps too (as the HF Trainer does); Adam's bias-correction
-//      count only on taken updates.
+//      count only on taken updates. With one device, 3 and 4 go out in one submit right behind the
+//      backward, the skip decided on the GPU from the statistics; the CPU reads them afterwards.
 // Validation every evalEvery steps: token-weighted mean NLL over the validation set, perplexity =
 // exp of it. Checkpoints every saveEvery steps into RUN/checkpoints/step-N/ (written whole, then
 // renamed into place): the LoRA weights as a PEFT adapter, optimizer.safetensors (bitsandbytes

@@ -88,7 +88,6 @@ export interface LlamaBuildOptions {
   ceChunk?: number;
 }
 
-/** Where each weight's module lives in the HF names. */
 /** The loss sums of the cross-entropy totals buffer (nll f32, label tokens u32); frees the buffer. */
 async function readLossTotals(gpu: Gpu, totals: GPUBuffer): Promise<LossSum> {
   try {
@@ -99,6 +98,7 @@ async function readLossTotals(gpu: Gpu, totals: GPUBuffer): Promise<LossSum> {
   }
 }
 
+/** Where each weight's module lives in the HF names. */
 export const MODULE_PATH: Record<LoraTarget, string> = {
   q_proj: "self_attn.q_proj",
   k_proj: "self_attn.k_proj",
