@@ -34,7 +34,7 @@
 import { type Binding, type Encoder, workgroupGrid } from "../../engine/encoder.ts";
 import type { Capabilities } from "../../engine/gpu.ts";
 import type { Shader } from "../../engine/pipeline.ts";
-import type { Nf4Weight } from "../nf4/nf4.ts";
+import { NF4_CODEBOOK_WGSL, type Nf4Weight } from "../nf4/nf4.ts";
 import nf4Code from "./matvec_nf4.wgsl" with { type: "text" };
 import f16Code from "./matvec_f16.wgsl" with { type: "text" };
 import f16SubgroupCode from "./matvec_f16_subgroup.wgsl" with { type: "text" };
@@ -42,7 +42,7 @@ import f16NormCode from "./matvec_f16_norm.wgsl" with { type: "text" };
 
 const SHADERS: Record<MatvecWeight["kind"], Partial<Record<MatvecVariant, Shader>>> = {
   nf4: {
-    workgroup: { file: "kernels/matvec/matvec_nf4.wgsl", code: nf4Code },
+    workgroup: { file: "kernels/matvec/matvec_nf4.wgsl", code: nf4Code + NF4_CODEBOOK_WGSL },
   },
   f16: {
     // Both f16 variants share the folded RMSNorm (declarations may follow their use in WGSL).

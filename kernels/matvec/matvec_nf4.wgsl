@@ -65,10 +65,7 @@ override TEAM: u32 = 64u;
 const WG = 256u;
 const RPT = 4u;
 
-// NF4 codebook as f32 bit patterns.
-const NF4 = array<u32, 16>(
-  0xbf800000u, 0xbf3239b1u, 0xbf066b30u, 0xbeca32a0u, 0xbe91a24du, 0xbe3d353fu, 0xbdba7871u, 0x00000000u,
-  0x3da2faffu, 0x3e24cae3u, 0x3e7c04ddu, 0x3ead033au, 0x3ee1a4b8u, 0x3f1007abu, 0x3f3913b3u, 0x3f800000u);
+// NF4 (array<u32, 16>, the codebook's f32 bit patterns) is appended by the launcher (NF4_CODEBOOK_WGSL).
 
 var<workgroup> lut: array<f32, 16>;
 var<workgroup> dyn: array<f32, 256>;

@@ -52,9 +52,18 @@ import dequantizeCode from "./nf4_dequantize.wgsl" with { type: "text" };
 const QUANTIZE = { file: "kernels/nf4/nf4_quantize.wgsl", code: quantizeCode };
 const SUM = { file: "kernels/nf4/nf4_absmax_sum.wgsl", code: sumCode };
 const QUANTIZE_ABSMAX = { file: "kernels/nf4/nf4_quantize_absmax.wgsl", code: quantizeAbsmaxCode };
-const TILED = { file: "kernels/nf4/nf4_matmul_tiled.wgsl", code: tiledCode };
-const SUBGROUP_MATRIX = { file: "kernels/nf4/nf4_matmul_subgroup_matrix.wgsl", code: subgroupMatrixCode };
-const DEQUANTIZE = { file: "kernels/nf4/nf4_dequantize.wgsl", code: dequantizeCode };
+/** The WGSL constant `NF4` (array<u32, 16>: NF4_CODEBOOK's f32 bit patterns), appended to every kernel
+ * that decodes codes, so that they and the reference read one table. */
+export const NF4_CODEBOOK_WGSL = `\nconst NF4 = array<u32, 16>(${
+  [...new Uint32Array(NF4_CODEBOOK.buffer, NF4_CODEBOOK.byteOffset, 16)]
+    .map((b) => `0x${b.toString(16).padStart(8, "0")}u`).join(", ")
+});\n`;
+const TILED = { file: "kernels/nf4/nf4_matmul_tiled.wgsl", code: tiledCode + NF4_CODEBOOK_WGSL };
+const SUBGROUP_MATRIX = {
+  file: "kernels/nf4/nf4_matmul_subgroup_matrix.wgsl",
+  code: subgroupMatrixCode + NF4_CODEBOOK_WGSL,
+};
+const DEQUANTIZE = { file: "kernels/nf4/nf4_dequantize.wgsl", code: dequantizeCode + NF4_CODEBOOK_WGSL };
 
 /** An NF4 weight W[out, in] on the GPU, in the layout above. */
 export interface Nf4Weight {

@@ -27,9 +27,7 @@ override COLUMNS: bool = false;
 @group(0) @binding(4) var<storage, read> dynmap: array<f32>;
 @group(0) @binding(5) var<storage, read_write> d: array<vec4<u32>>;
 
-const NF4 = array<u32, 16>(
-  0xbf800000u, 0xbf3239b1u, 0xbf066b30u, 0xbeca32a0u, 0xbe91a24du, 0xbe3d353fu, 0xbdba7871u, 0x00000000u,
-  0x3da2faffu, 0x3e24cae3u, 0x3e7c04ddu, 0x3ead033au, 0x3ee1a4b8u, 0x3f1007abu, 0x3f3913b3u, 0x3f800000u);
+// NF4 (array<u32, 16>, the codebook's f32 bit patterns) is appended by the launcher (NF4_CODEBOOK_WGSL).
 
 var<workgroup> lut2: array<vec2<f32>, 256>; // code byte -> NF4 values of (high nibble, low nibble)
 
