@@ -23,6 +23,24 @@ interface UniformChunk {
 
 export type Binding = GPUBuffer | { buffer: GPUBuffer; offset: number; size: number };
 
+const bufferSizes = new WeakMap<GPUBuffer, number>();
+
+/** Bytes of a buffer, read from the GPU object once: Dawn's `size` getter costs about half a
+ * microsecond in a launcher's checks, several of which run for every dispatch. */
+export function bufferBytes(b: GPUBuffer): number {
+  let size = bufferSizes.get(b);
+  if (size === undefined) {
+    size = b.size;
+    bufferSizes.set(b, size);
+  }
+  return size;
+}
+
+/** Bytes a binding covers: its range, or the whole buffer. */
+export function bindingBytes(b: Binding): number {
+  return "buffer" in b ? b.size : bufferBytes(b);
+}
+
 /** `groups` workgroups as a grid [x, y] under the per-dimension limit, spread over y only where x
  * alone is too small. Kernels number them wg.y * x + wg.x (x from num_workgroups or a parameter);
  * the last ones may lie wholly past the end. */

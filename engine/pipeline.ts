@@ -56,6 +56,15 @@ function shaderKey(shader: Shader): string {
   return key;
 }
 
+/** The entries of a record in key order as one string (a launcher's constants on the hot path). */
+function recordKey(record: Record<string, number | string>): string {
+  const keys = Object.keys(record);
+  if (keys.length > 1) keys.sort();
+  let key = "";
+  for (const k of keys) key += `${k}\u0001${record[k]}\u0002`;
+  return key;
+}
+
 export class PipelineCache {
   /** Per shader file, then per entry, constants and substitutions: a lookup on the hot path
    * neither substitutes nor hashes the whole WGSL source. */
@@ -78,9 +87,7 @@ export class PipelineCache {
       byVariant = new Map();
       this.#pipelines.set(fileKey, byVariant);
     }
-    const key = `${entry}\u0000${JSON.stringify(Object.entries(constants).sort())}\u0000${
-      JSON.stringify(Object.entries(subs).sort())
-    }`;
+    const key = `${entry}\u0000${recordKey(constants)}\u0000${recordKey(subs)}`;
     let p = byVariant.get(key);
     if (!p) {
       const code = substitute(spec.shader, spec.substitutions);

@@ -17,8 +17,10 @@
 //   A16 factors are stacked when the cache model is built; that product also computes the RMSNorm h
 //   of the residual stream and writes it, so the norm takes no dispatch of its own) and
 //   y = W h + s·B16 u in one pass, the o_proj and down products added straight into the residual
-//   stream (beta 1); q and k rotated at position n in their NF4 products' epilogue and k written
-//   there straight into cache row n, as v by its product; gate, up and SwiGLU in one NF4 pass;
+//   stream (beta 1); q, k and v as one NF4 pass (matvecQkv, on tables and B16 factors stacked
+//   when the cache model is built), q and k rotated at position n in its epilogue, k and v written
+//   straight into cache row n (or, where it does not take the shapes, q and k each rotated in their
+//   own product's epilogue and v by its own product); gate, up and SwiGLU in one NF4 pass;
 //   decode attention (kernels/attention/decode_attention.ts) of the one query over rows 0..n, one
 //   dispatch while n <= 128; lm_head as an f16 matvec into f32 logits, copied into a persistent
 //   mappable buffer in the same submit and read from there (no staging buffer and no second submit
@@ -55,8 +57,12 @@ import {
   foldedNormFits,
   matvec,
   type MatvecArgs,
+  matvecQkv,
+  matvecQkvUnsupported,
   matvecSwiglu,
   matvecUnsupported,
+  type QkvTables,
+  stackQkvTables,
 } from "../kernels/matvec/matvec.ts";
 import { nf4Matmul } from "../kernels/nf4/nf4.ts";
 import { rmsnormForward } from "../kernels/norm/rmsnorm.ts";
@@ -105,6 +111,17 @@ interface LayerState {
   /** Whether gate, up and their SwiGLU run as one matvecSwiglu (NF4 bases, LoRA on both through
    * mlpLora with one rank and scale, or on neither). */
   fusedMlp: boolean;
+  /** q, k and v as one matvecQkv (NF4 bases of shapes it takes, LoRA through attnLora with one
+   * rank, or none): their stacked tables and LoRA B factors, copies made for decoding. */
+  fusedQkv?: FusedQkv;
+}
+
+/** What matvecQkv reads beyond the three weights: their stacked absmax codes, scales and maps, and
+ * the stacked B16 factors [q rows + 2 kv rows, R] (zero rows where a projection has no LoRA). */
+interface FusedQkv {
+  tables: QkvTables;
+  b?: GPUBuffer;
+  R: number;
 }
 
 /** The LoRA down-projections of projections that share their input, as one f16 product: a16 holds
@@ -157,9 +174,10 @@ function bytesPerRow(cfg: LlamaConfig): number {
 }
 
 /** Wall milliseconds of the decode steps so far, by phase: encoding the dispatches (CPU), the submit
- * calls, and waiting for the GPU plus reading the logits back. */
+ * calls, and waiting for the GPU plus reading the logits back; and the dispatches they encoded. */
 export interface DecodeTimes {
   steps: number;
+  dispatches: number;
   encodeMs: number;
   submitMs: number;
   waitReadMs: number;
@@ -184,7 +202,7 @@ export class KvCacheModel {
   #idBuf!: GPUBuffer;
   #destroyed = false;
   /** Phase times of every step() so far (reset with resetDecodeTimes). */
-  readonly decodeTimes: DecodeTimes = { steps: 0, encodeMs: 0, submitMs: 0, waitReadMs: 0 };
+  readonly decodeTimes: DecodeTimes = { steps: 0, dispatches: 0, encodeMs: 0, submitMs: 0, waitReadMs: 0 };
 
   private constructor(
     config: LlamaConfig,
@@ -282,6 +300,9 @@ export class KvCacheModel {
       const fast = {} as Record<LoraTarget, boolean>;
       for (const m of ALL_LORA_TARGETS) fast[m] = matvecFits(w.gpu, proj[m]);
       const mlpLora = await this.#loraGroup(w.gpu, proj, fast, MLP_INPUT, `l${w.index}.mlp`);
+      const attnLora = await this.#loraGroup(w.gpu, proj, fast, ATTN_INPUT, `l${w.index}.attn`);
+      const fusedRope = fast.q_proj && fast.k_proj && proj.q_proj.base.kind === "nf4" &&
+        proj.k_proj.base.kind === "nf4" && cfg.headDim % 4 === 0;
       dev.layers.push({
         index: w.index,
         gpu: w.gpu,
@@ -292,11 +313,13 @@ export class KvCacheModel {
         fast,
         k: this.#keep(createBuffer(w.gpu, cacheBytes, "activations", `kv.k${w.index}`)),
         v: this.#keep(createBuffer(w.gpu, cacheBytes, "activations", `kv.v${w.index}`)),
-        attnLora: await this.#loraGroup(w.gpu, proj, fast, ATTN_INPUT, `l${w.index}.attn`),
+        attnLora,
         mlpLora,
         fusedMlp: fusedMlpFits(w.gpu, proj.gate_proj, proj.up_proj, mlpLora),
-        fusedRope: fast.q_proj && fast.k_proj && proj.q_proj.base.kind === "nf4" &&
-          proj.k_proj.base.kind === "nf4" && cfg.headDim % 4 === 0,
+        fusedRope,
+        fusedQkv: fusedRope && fast.v_proj
+          ? await this.#fuseQkv(w.gpu, proj, attnLora, `l${w.index}.qkv`)
+          : undefined,
       });
     }
     const first = this.#devices[0].gpu;
@@ -357,6 +380,43 @@ export class KvCacheModel {
     return { a16, rows, in: inDim, offsets };
   }
 
+  /** The stacked tables and B factors of q, k and v for matvecQkv, or undefined where it does not
+   * take them: a base that is not NF4, shapes it refuses, LoRA on some of them outside one
+   * attnLora group, or ranks that differ. */
+  async #fuseQkv(
+    gpu: Gpu,
+    proj: Record<LoraTarget, Linear>,
+    group: LoraGroup | undefined,
+    label: string,
+  ): Promise<FusedQkv | undefined> {
+    const [q, k, v] = ATTN_INPUT.map((m) => proj[m]);
+    if (q.base.kind !== "nf4" || k.base.kind !== "nf4" || v.base.kind !== "nf4") return undefined;
+    const loras = [q, k, v].map((l) => l.lora);
+    const ranks = new Set(loras.filter((l) => l !== undefined).map((l) => l.R));
+    if (ranks.size > 1) return undefined;
+    if (ranks.size === 1 && ATTN_INPUT.some((m) => proj[m].lora && group?.offsets[m] === undefined)) {
+      return undefined;
+    }
+    const R = ranks.size === 1 ? [...ranks][0] : 0;
+    const shape = { in: q.in, headDim: this.config.headDim, qRows: q.out, kvRows: k.out, K2: R };
+    if (v.out !== k.out || matvecQkvUnsupported(gpu.caps, shape) !== undefined) return undefined;
+    const tables = await stackQkvTables(gpu, q.base.w, k.base.w, v.base.w, label);
+    this.#owned.push(tables.absmaxCodes, tables.scales, tables.maps);
+    if (R === 0) return { tables, R };
+    const rows = q.out + 2 * k.out;
+    const b = this.#keep(createBuffer(gpu, rows * R * 2, "lora", `${label}.lora_B.f16`));
+    const enc = new Encoder(gpu, { label: `${label} LoRA B` });
+    let row = 0;
+    for (const lin of [q, k, v]) {
+      const bytes = lin.out * R * 2;
+      if (lin.lora) enc.copy(lin.lora.b16, 0, b, row * R * 2, bytes);
+      else writeBuffer(gpu, b, new Uint8Array(bytes), row * R * 2);
+      row += lin.out;
+    }
+    await enc.submit();
+    return { tables, b, R };
+  }
+
   /** W' = W + s·B16·A16 into a new f16 weight [out, in]. */
   async #merge(gpu: Gpu, lin: Linear, label: string): Promise<Linear> {
     if (lin.base.kind !== "f16" || !lin.lora) throw new Error(`${label}: only an f16 base with LoRA merges`);
@@ -392,7 +452,7 @@ export class KvCacheModel {
   }
 
   resetDecodeTimes(): void {
-    Object.assign(this.decodeTimes, { steps: 0, encodeMs: 0, submitMs: 0, waitReadMs: 0 });
+    Object.assign(this.decodeTimes, { steps: 0, dispatches: 0, encodeMs: 0, submitMs: 0, waitReadMs: 0 });
   }
 
   /** Forgets the cached tokens (the buffers stay). */
@@ -527,7 +587,30 @@ export class KvCacheModel {
         const attnU = await normedLoraGroupProduct(enc, layer.attnLora, attnNorm, dev.u);
         // v goes straight into cache row n where the matvec kernel runs it; k into it through RoPE.
         const rowElems = KVH * D;
-        if (layer.fusedRope) {
+        const qkv = layer.fusedQkv;
+        if (qkv) {
+          const part = (m: LoraTarget) => {
+            const lin = p[m];
+            if (lin.base.kind !== "nf4") throw new Error(`l${layer.index}.${m}: fusedQkv needs an NF4 base`);
+            const lora = lin.lora ? { alpha: lin.lora.scale, xOffset: attnU[m]! } : undefined;
+            return { w: lin.base.w, lora };
+          };
+          await matvecQkv(enc, {
+            in: C,
+            headDim: D,
+            q: part("q_proj"),
+            k: part("k_proj"),
+            v: part("v_proj"),
+            tables: qkv.tables,
+            x: dev.h,
+            lora: qkv.b ? { K2: qkv.R, b: qkv.b, x: dev.u } : undefined,
+            rotation: dev.rot,
+            y: dev.qr,
+            kCache: layer.k,
+            vCache: layer.v,
+            cacheOffset: n * rowElems,
+          });
+        } else if (layer.fusedRope) {
           const rope = { headDim: D, rotation: dev.rot };
           await linear1(enc, p.q_proj, true, dev.h, dev.qr, dev.u, undefined, 0, attnU.q_proj, rope);
           await linear1(
@@ -546,7 +629,9 @@ export class KvCacheModel {
           await linear1(enc, p.q_proj, f.q_proj, dev.h, dev.q, dev.u, undefined, 0, attnU.q_proj);
           await linear1(enc, p.k_proj, f.k_proj, dev.h, dev.k, dev.u, undefined, 0, attnU.k_proj);
         }
-        if (f.v_proj) {
+        if (qkv) {
+          // v went into its cache row with q and k.
+        } else if (f.v_proj) {
           await linear1(
             enc,
             p.v_proj,
@@ -622,6 +707,7 @@ export class KvCacheModel {
           // The GPU starts on these layers while the CPU encodes the next ones.
           const t1 = performance.now();
           times.encodeMs += t1 - t0;
+          times.dispatches += enc.dispatches;
           await enc.submit();
           t0 = performance.now();
           times.submitMs += t0 - t1;
@@ -634,6 +720,7 @@ export class KvCacheModel {
       }
       const t1 = performance.now();
       times.encodeMs += t1 - t0;
+      times.dispatches += enc.dispatches;
       await enc.submit();
       t0 = performance.now();
       times.submitMs += t0 - t1;

@@ -137,7 +137,9 @@ export default async function bench(ctx: BenchContext): Promise<BenchRow[]> {
         samples.push(ms);
         const t = kv.decodeTimes;
         const per = (v: number) => (v / t.steps).toFixed(2);
-        const phases = `${ms.toFixed(2)} ms: encode ${per(t.encodeMs)} ms, submit ${per(t.submitMs)} ms, ` +
+        const phases =
+          `${ms.toFixed(2)} ms, ${t.dispatches / t.steps} dispatches: encode ${per(t.encodeMs)} ms, ` +
+          `submit ${per(t.submitMs)} ms, ` +
           `GPU wait + logits readback ${per(t.waitReadMs)} ms, rest (argmax, JS) ` +
           `${(ms - (t.encodeMs + t.submitMs + t.waitReadMs) / t.steps).toFixed(2)} ms`;
         reps.push(phases);

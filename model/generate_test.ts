@@ -4,6 +4,7 @@
 
 import { ok as assert, rejects } from "node:assert";
 import { gpuTest, relativeError, Rng } from "../engine/testing.ts";
+import type { Gpu } from "../engine/gpu.ts";
 import { LlamaTokenizer } from "../data/tokenizer.ts";
 import { Llama, moduleShape, type WeightSource } from "./llama.ts";
 import { generateIds, KvCacheModel, resolvedSettings, TextStreamer } from "./generate.ts";
@@ -75,8 +76,22 @@ function lastRow(logits: Float32Array, V: number): Float32Array {
   return logits.subarray(logits.length - V);
 }
 
-await gpuTest("generate: greedy with the KV cache equals the full forward (NF4 base + LoRA)", async (gpu) => {
-  const cfg = GEN_TINY;
+/** Shapes where q, k and v take one fused product in a decode step (each weight's NF4 blocks a
+ * multiple of 256). */
+const GEN_QKV: LlamaConfig = { ...GEN_TINY, hiddenSize: 256, intermediateSize: 512, headDim: 64 };
+
+for (const [name, cfg, perLayer] of [["", GEN_TINY, 11], [", q, k and v fused", GEN_QKV, 9]] as const) {
+  await gpuTest(
+    `generate: greedy with the KV cache equals the full forward (NF4 base + LoRA${name})`,
+    async (gpu) => {
+      await greedyMatchesFullForward(gpu, cfg, perLayer);
+    },
+  );
+}
+
+/** Greedy decoding and every position's logits against the full forward; a decode step encodes
+ * perLayer dispatches per layer on the matvec path (with one attention pass), plus 3. */
+async function greedyMatchesFullForward(gpu: Gpu, cfg: LlamaConfig, perLayer: number): Promise<void> {
   const V = cfg.vocabSize;
   const model = await tinyModel(gpu, cfg, "nf4");
   const kv = await KvCacheModel.create(model, { maxTokens: 64 });
@@ -85,6 +100,12 @@ await gpuTest("generate: greedy with the KV cache equals the full forward (NF4 b
     const steps: Float32Array[] = [];
     const r = await generateIds(kv, prompt, { maxNewTokens: 8 }, [], undefined);
     assert(r.ids.length === 8 && r.stopReason === "max_new_tokens", JSON.stringify(r));
+    const t = kv.decodeTimes;
+    const want1 = cfg.numLayers * perLayer + 3;
+    assert(
+      t.dispatches === t.steps * want1,
+      `${t.dispatches / t.steps} dispatches per step, expected ${want1}`,
+    );
     // The full forward on the growing sequence, argmax of the last position.
     const seq = [...prompt];
     const want: number[] = [];
@@ -117,7 +138,7 @@ await gpuTest("generate: greedy with the KV cache equals the full forward (NF4 b
     kv.destroy();
     model.destroy();
   }
-});
+}
 
 await gpuTest("generate: merged LoRA (f16 base) matches unmerged; stop token and full cache", async (gpu) => {
   const cfg = GEN_TINY;

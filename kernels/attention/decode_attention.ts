@@ -13,7 +13,7 @@
 //   part  f32 workspace     decodeAttentionWorkspaceBytes(H, D, n) bytes: o [H,C,D] then lse [H,C]
 // Query head h uses kv head floor(h / (H / KVH)); scale is 1/sqrt(D) by default.
 
-import type { Binding, Encoder } from "../../engine/encoder.ts";
+import { type Binding, bindingBytes, type Encoder } from "../../engine/encoder.ts";
 import type { Capabilities } from "../../engine/gpu.ts";
 import partialCode from "./decode_attention_partial.wgsl" with { type: "text" };
 import combineCode from "./decode_attention_combine.wgsl" with { type: "text" };
@@ -87,7 +87,7 @@ export async function decodeAttention(enc: Encoder, args: DecodeAttentionArgs): 
   }
   const C = Math.ceil(args.n / DECODE_ATTENTION_CHUNK);
   const need = decodeAttentionWorkspaceBytes(args.H, args.D, args.n);
-  const have = args.part.size;
+  const have = bindingBytes(args.part);
   if (have < need) {
     throw new Error(
       `decode attention n=${args.n}: workspace has ${have} bytes, needs ${need} ` +

@@ -11,7 +11,7 @@
 // dispatch over 32-bit words. Bindings may be whole buffers or ranges (offsets as WebGPU requires,
 // multiples of 256 bytes); each must hold its n elements (16-bit data rounded up to whole words).
 
-import { type Binding, type Encoder, workgroupGrid } from "../../engine/encoder.ts";
+import { type Binding, bufferBytes, type Encoder, workgroupGrid } from "../../engine/encoder.ts";
 import type { Capabilities } from "../../engine/gpu.ts";
 import elementwiseCode from "./elementwise.wgsl" with { type: "text" };
 
@@ -45,7 +45,7 @@ interface Range {
 }
 
 function rangeOf(b: Binding): Range {
-  return "buffer" in b ? b : { buffer: b, offset: 0, size: b.size };
+  return "buffer" in b ? b : { buffer: b, offset: 0, size: bufferBytes(b) };
 }
 
 /** One buffer of a flat launch: its binding and bytes per element. */

@@ -23,18 +23,23 @@
 // submit it): `matvec` with `rope` rotates the heads of a q or k projection at one position in the
 // product's epilogue (NF4), `matvec` with `norm` (f16) reads the RMSNorm of its input, which every
 // workgroup computes for itself (the first one also writes it out for the products that follow),
-// and `matvecSwiglu` computes the NF4 gate and up projections, with their LoRA up-projections, in one
-// pass over x and writes silu(gate) · up.
+// `matvecSwiglu` computes the NF4 gate and up projections, with their LoRA up-projections, in one
+// pass over x and writes silu(gate) · up, and `matvecQkv` computes the NF4 q, k and v projections in
+// one pass, q and k rotated, k and v into their cache rows (its absmax codes, nested scales and maps
+// stacked once by `stackQkvTables`).
 // Variants:
 //   "subgroup"   reduction with subgroupAdd (adapters with subgroups of 4..32 invocations); f16 only
 //   "workgroup"  portable: a workgroup-memory tree reduction. The only NF4 variant: a subgroup
 //                reduction measured no faster there (H100: 288 against 300 GB/s at 4096 -> 4096,
 //                263 against 313 at 4096 -> 14336), while it halves the f16 lm_head's time.
 
-import { type Binding, type Encoder, workgroupGrid } from "../../engine/encoder.ts";
+import { type Binding, bindingBytes, Encoder, workgroupGrid } from "../../engine/encoder.ts";
+import { createBuffer } from "../../engine/buffers.ts";
+import type { Gpu } from "../../engine/gpu.ts";
 import type { Capabilities } from "../../engine/gpu.ts";
 import type { Shader } from "../../engine/pipeline.ts";
 import { NF4_CODEBOOK_WGSL, type Nf4Weight } from "../nf4/nf4.ts";
+import { nf4Counts } from "../nf4/nf4_ref.ts";
 import nf4Code from "./matvec_nf4.wgsl" with { type: "text" };
 import f16Code from "./matvec_f16.wgsl" with { type: "text" };
 import f16SubgroupCode from "./matvec_f16_subgroup.wgsl" with { type: "text" };
@@ -50,6 +55,9 @@ const SHADERS: Record<MatvecWeight["kind"], Partial<Record<MatvecVariant, Shader
     subgroup: { file: "kernels/matvec/matvec_f16_subgroup.wgsl", code: f16SubgroupCode + f16NormCode },
   },
 };
+
+/** Bytes of the kernels' parameter struct (matvec_nf4.wgsl's Params, 68, rounded up to 16). */
+const PARAM_BYTES = 80;
 
 /** Rows per team of the NF4 kernels. */
 const NF4_ROWS_PER_TEAM = 4;
@@ -178,7 +186,8 @@ type SizeCheck = (name: string, b: Binding, bytes: number) => void;
 /** A check that a binding holds at least `bytes`, naming the launcher call in its error. */
 function sizeCheck(where: string): SizeCheck {
   return (name, b, bytes) => {
-    if (b.size < bytes) throw new RangeError(`${where}: ${name} has ${b.size} bytes, needs ${bytes}`);
+    const have = bindingBytes(b);
+    if (have < bytes) throw new RangeError(`${where}: ${name} has ${have} bytes, needs ${bytes}`);
   };
 }
 
@@ -261,7 +270,7 @@ export async function matvec(enc: Encoder, args: MatvecArgs): Promise<void> {
     constants,
   });
   const g = workgroupGrid(enc.gpu.caps, Math.ceil(out / matvecRowsPerWorkgroup(w.kind, out, inDim)));
-  const params = new ArrayBuffer(48);
+  const params = new ArrayBuffer(PARAM_BYTES);
   new Uint32Array(params, 0, 4).set([out, inDim, K2, g[0]]);
   new Float32Array(params, 16, 3).set([args.alpha ?? 1, args.second?.alpha ?? 0, args.beta ?? 0]);
   new Uint32Array(params, 28, 4).set([yOffset, args.second?.xOffset ?? 0, 0, rope?.headDim ?? 0]);
@@ -343,7 +352,7 @@ export async function matvecSwiglu(enc: Encoder, args: MatvecSwigluArgs): Promis
     constants: { TEAM: team },
   });
   const g = workgroupGrid(enc.gpu.caps, Math.ceil(out / ((256 / team) * NF4_ROWS_PER_TEAM)));
-  const params = new ArrayBuffer(48);
+  const params = new ArrayBuffer(PARAM_BYTES);
   new Uint32Array(params, 0, 4).set([out, inDim, K2, g[0]]);
   new Float32Array(params, 16, 3).set([1, lora?.alpha ?? 0, 0]);
   new Uint32Array(params, 28, 3).set([yOffset, gate.second?.xOffset ?? 0, up.second?.xOffset ?? 0]);
@@ -363,5 +372,167 @@ export async function matvecSwiglu(enc: Encoder, args: MatvecSwigluArgs): Promis
     up.w.nested,
     up.second?.w ?? args.x,
     up.w.dynmap,
+  ], g);
+}
+
+/** The absmax codes, nested scales and dynamic maps of an attention layer's NF4 q, k and v weights,
+ * stacked for matvecQkv (made once per layer, see stackQkvTables). */
+export interface QkvTables {
+  /** u8 absmax codes of q's blocks, then k's, then v's. */
+  absmaxCodes: GPUBuffer;
+  /** f32 nested scales of q's groups of 256 blocks, then k's, then v's (their mean offsets left out). */
+  scales: GPUBuffer;
+  /** f32 [771 + 1]: q's, k's and v's dynamic maps (256 each), then their three mean offsets. */
+  maps: GPUBuffer;
+}
+
+/** Why q, k and v of these shapes cannot go through matvecQkv, or undefined when they can: NF4
+ * rows of in % 64 == 0 elements, q and k whole heads, and each weight's blocks a multiple of 256
+ * (so that a block counted over all three rows finds its nested scale). */
+export function matvecQkvUnsupported(
+  caps: Capabilities,
+  shape: { in: number; headDim: number; qRows: number; kvRows: number; K2?: number },
+): string | undefined {
+  const { in: inDim, headDim: D, qRows, kvRows, K2 = 0 } = shape;
+  const why = matvecUnsupported(caps, "nf4", { out: qRows + 2 * kvRows, in: inDim, K2 }, "workgroup");
+  if (why) return why;
+  if (inDim % 64 !== 0) return `in = ${inDim}: the fused q, k, v product needs in % 64 == 0`;
+  if (!(D > 0 && D % 4 === 0 && qRows % D === 0 && kvRows % D === 0)) {
+    return `headDim = ${D} must be a multiple of 4 that divides q's ${qRows} and k's ${kvRows} rows`;
+  }
+  for (const [name, rows] of [["q", qRows], ["k", kvRows]] as const) {
+    if ((rows * inDim) % (64 * 256) !== 0) {
+      return `${name} [${rows}, ${inDim}] has ${
+        rows * inDim / 64
+      } blocks; the fused product needs a multiple of 256`;
+    }
+  }
+  return undefined;
+}
+
+/** Stacks the absmax codes, nested scales and maps of q, k and v (shapes that matvecQkv takes) into
+ * new buffers, counted as weights; the caller releases them. */
+export async function stackQkvTables(
+  gpu: Gpu,
+  q: Nf4Weight,
+  k: Nf4Weight,
+  v: Nf4Weight,
+  label: string,
+): Promise<QkvTables> {
+  const weights = [q, k, v];
+  const counts = weights.map((w) => nf4Counts(w.out, w.in));
+  const blocks = counts.reduce((n, c) => n + c.blocks, 0);
+  const tables: QkvTables = {
+    absmaxCodes: createBuffer(gpu, blocks, "weights", `${label}.absmax_codes`),
+    scales: createBuffer(gpu, (blocks / 256) * 4, "weights", `${label}.nested`),
+    maps: createBuffer(gpu, 772 * 4, "weights", `${label}.dynmaps`),
+  };
+  const enc = new Encoder(gpu, { label: `stack ${label}` });
+  let block = 0;
+  weights.forEach((w, i) => {
+    const n = counts[i].blocks;
+    enc.copy(w.absmaxCodes, 0, tables.absmaxCodes, block, n);
+    enc.copy(w.nested, 4, tables.scales, (block / 256) * 4, (n / 256) * 4);
+    enc.copy(w.dynmap, 0, tables.maps, i * 1024, 1024);
+    enc.copy(w.nested, 0, tables.maps, 3 * 1024 + i * 4, 4);
+    block += n;
+  });
+  await enc.submit();
+  return tables;
+}
+
+/** One projection of matvecQkv: its NF4 weight and LoRA up-projection, if any. */
+export interface QkvProjection {
+  w: Nf4Weight;
+  /** s·B x2 added before rounding: its rows of matvecQkv's stacked B, x2 from element xOffset. */
+  lora?: { alpha: number; xOffset: number };
+}
+
+export interface MatvecQkvArgs {
+  in: number;
+  headDim: number;
+  q: QkvProjection;
+  k: QkvProjection;
+  v: QkvProjection;
+  tables: QkvTables;
+  /** f16 [in]. */
+  x: Binding;
+  /** LoRA of any of the three: rank, the stacked B f16 [q rows + 2 kv rows, K2] (zero rows for a
+   * projection without LoRA) and the f16 input that the projections read from their xOffset. */
+  lora?: { K2: number; b: Binding; x: Binding };
+  /** f32 [headDim / 2][2]: (cos, sin) of the position's angle per frequency (ropeRotation). */
+  rotation: Binding;
+  /** f16 [q rows]: q rotated. */
+  y: Binding;
+  /** f16 caches: k rotated and v from element cacheOffset on. */
+  kCache: Binding;
+  vCache: Binding;
+  cacheOffset: number;
+}
+
+/** Encodes q, k and v of one position (matvec_nf4.wgsl's `qkv`): one dispatch where `matvec` with
+ * `rope` (q, k) and `matvec` (v) take three, by the same operations in the same order. */
+export async function matvecQkv(enc: Encoder, args: MatvecQkvArgs): Promise<void> {
+  const { in: inDim, headDim: D, q, k, v, lora } = args;
+  const K2 = lora?.K2 ?? 0;
+  const [qRows, kvRows] = [q.w.out, k.w.out];
+  const where = `matvecQkv nf4 q [${qRows}, ${inDim}] k, v [${kvRows}, ${inDim}]${K2 ? ` + LoRA ${K2}` : ""}`;
+  const why = matvecQkvUnsupported(enc.gpu.caps, { in: inDim, headDim: D, qRows, kvRows, K2 });
+  if (why) throw new Error(`${where} on ${enc.gpu.name}: ${why}`);
+  if (v.w.out !== kvRows) throw new RangeError(`${where}: v has ${v.w.out} rows, k ${kvRows}`);
+  const need = sizeCheck(where);
+  needNf4(where, need, "q.", q.w, qRows, inDim);
+  needNf4(where, need, "k.", k.w, kvRows, inDim);
+  needNf4(where, need, "v.", v.w, kvRows, inDim);
+  const rows = qRows + 2 * kvRows;
+  const blocks = (rows * inDim) / 64;
+  need("tables.absmaxCodes", args.tables.absmaxCodes, blocks);
+  need("tables.scales", args.tables.scales, (blocks / 256) * 4);
+  need("tables.maps", args.tables.maps, 771 * 4);
+  need("x", args.x, inDim * 2);
+  need("rotation", args.rotation, D * 4);
+  need("y", args.y, qRows * 2);
+  const cacheOffset = wholeOffset(where, "cacheOffset", args.cacheOffset);
+  need("kCache", args.kCache, (cacheOffset + kvRows) * 2);
+  need("vCache", args.vCache, (cacheOffset + kvRows) * 2);
+  const xOffsets = [q, k, v].map((p, i) => {
+    if (p.lora && !lora) throw new RangeError(`${where}: ${"qkv"[i]} has LoRA; pass lora`);
+    return wholeOffset(where, `${"qkv"[i]}.lora.xOffset`, p.lora?.xOffset);
+  });
+  if (lora) {
+    need("lora.b", lora.b, rows * K2 * 2);
+    need("lora.x", lora.x, (Math.max(...xOffsets) + K2) * 2);
+  }
+  const team = nf4Team(inDim);
+  const pipeline = await enc.gpu.pipelines.get({
+    shader: SHADERS.nf4.workgroup!,
+    entry: "qkv",
+    substitutions: { OUT: "f16" },
+    constants: { TEAM: team },
+  });
+  const teamsPerWorkgroup = 256 / team;
+  const g = workgroupGrid(enc.gpu.caps, Math.ceil(rows / NF4_ROWS_PER_TEAM / teamsPerWorkgroup));
+  const params = new ArrayBuffer(PARAM_BYTES);
+  const u32 = new Uint32Array(params);
+  const f32 = new Float32Array(params);
+  u32.set([qRows, inDim, K2, g[0]]);
+  f32.set([1, q.lora?.alpha ?? 0, 0], 4);
+  u32.set([0, xOffsets[0], 0, D, kvRows, xOffsets[1], xOffsets[2], cacheOffset], 7);
+  f32.set([k.lora?.alpha ?? 0, v.lora?.alpha ?? 0], 15);
+  // Without LoRA the B and x2 bindings take x (read-only, never read).
+  enc.dispatch(pipeline, new Uint8Array(params), [
+    args.x,
+    q.w.codes,
+    args.tables.absmaxCodes,
+    args.tables.scales,
+    args.tables.maps,
+    lora?.b ?? args.x,
+    lora?.x ?? args.x,
+    args.y,
+    args.rotation,
+    k.w.codes,
+    v.w.codes,
+    args.kCache,
+    args.vCache,
   ], g);
 }

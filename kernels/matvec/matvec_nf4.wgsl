@@ -19,6 +19,21 @@
 // Rows past OUT load row OUT - 1 and are never written; every
 // load is in bounds. beta 0 never reads y.
 //
+// Entry `qkv`: the q, k and v projections of an attention layer at one position in one pass, q and
+// k with their rotary embedding (as `rope`), k and v into their KV-cache rows:
+//   q rows 0 .. OUT-1        -> y[row], rotated
+//   k rows 0 .. kv_rows-1    -> kc[cache_off + row], rotated
+//   v rows 0 .. kv_rows-1    -> vc[cache_off + row]
+// each value computed by the operations, in the order, of `rope` (q, k) or `main` (v) for its
+// projection alone (the same bits where the compiler contracts alike). The projections keep
+// their code words (codes, codes_k, codes_v); absq holds their absmax codes one after another in
+// row order (q, k, v), nested their nested scales the same way (without the mean offsets), and
+// dynmap their three dynamic maps then their three mean offsets (771 f32), so that a block's index
+// among all three rows locates its scale; every projection's blocks are a multiple of 256. LoRA: w2
+// the three B factors stacked [OUT + 2 kv_rows, K2] (zero rows for one without LoRA), reading x2 from
+// x2_off (q), x2_off_k and x2_off_v, scaled by alpha2, alpha2_k and alpha2_v. IN % 64 == 0; OUT and
+// kv_rows are multiples of D. alpha 1, beta 0.
+//
 // Entry `swiglu`: the gate and up projections of a Llama MLP in one pass, and their SwiGLU:
 //   g = f16(sum_i G[o, i] x[i] + alpha2 * sum_k BG[o, k] x2[p.x2_off + k])
 //   u = f16(sum_i U[o, i] x[i] + alpha2 * sum_k BU[o, k] x2[p.x2_off_u + k])
@@ -40,7 +55,13 @@ struct Params {
   y_off: u32, // elements of y before row 0
   x2_off: u32, // elements of x2 before its first
   x2_off_u: u32, // swiglu: elements of x2 before the up projection's first
-  D: u32, // rope: head dimension (a multiple of 4)
+  D: u32, // rope, qkv: head dimension (a multiple of 4)
+  kv_rows: u32, // qkv: rows of k and of v (each); OUT is q's
+  x2_off_k: u32, // qkv: elements of x2 before k's and v's LoRA inputs (x2_off: q's)
+  x2_off_v: u32,
+  cache_off: u32, // qkv: elements of the k and v caches before this position's row
+  alpha2_k: f32, // qkv: LoRA scales of k and v (alpha2: q's)
+  alpha2_v: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -332,5 +353,113 @@ fn swiglu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     let g = gu.x;
     let u = gu.y;
     y[p.y_off + o] = {{OUT}}(g * (1.0 / (1.0 + exp(-g))) * u);
+  }
+}
+
+@group(0) @binding(10) var<storage, read> codes_k: array<vec4<u32>>;
+@group(0) @binding(11) var<storage, read> codes_v: array<vec4<u32>>;
+@group(0) @binding(12) var<storage, read_write> kc: array<f16>;
+@group(0) @binding(13) var<storage, read_write> vc: array<f16>;
+
+// qkv: the three dynamic maps and the three mean offsets.
+var<workgroup> dyn3: array<f32, 772>;
+
+// Code word i of projection `proj` (0 q, 1 k, 2 v).
+fn qkv_word(proj: u32, i: u32) -> vec4<u32> {
+  if (proj == 0u) { return codes[i]; }
+  if (proj == 1u) { return codes_k[i]; }
+  return codes_v[i];
+}
+
+// Absmax of block `blk` (counted over the three projections' rows) of projection `proj`.
+fn qkv_absmax(proj: u32, blk: u32) -> f32 {
+  let q = (absq[blk >> 2u] >> ((blk & 3u) * 8u)) & 0xffu;
+  return dyn3[proj * 256u + q] * nested[blk >> 8u] + dyn3[768u + proj];
+}
+
+// rows4 for rows r of projection `proj`, whose row 0 is row `first` of the three: the same
+// operations in the same order (IN % 64 == 0, so both words of a pair share a block).
+fn qkv_rows4(proj: u32, r: vec4<u32>, first: u32, t: u32) -> vec4<f32> {
+  let nw = p.IN / 32u;
+  let pairs = nw / 2u;
+  let blk0 = (r + vec4<u32>(first)) * pairs;
+  var acc = vec4<f32>(0.0);
+  for (var q = t; q < pairs; q += TEAM) {
+    let g0 = r * nw + 2u * q;
+    let g1 = g0 + vec4<u32>(1u);
+    let c0x = qkv_word(proj, g0.x);
+    let c0y = qkv_word(proj, g0.y);
+    let c0z = qkv_word(proj, g0.z);
+    let c0w = qkv_word(proj, g0.w);
+    let c1x = qkv_word(proj, g1.x);
+    let c1y = qkv_word(proj, g1.y);
+    let c1z = qkv_word(proj, g1.z);
+    let c1w = qkv_word(proj, g1.w);
+    let xa = load_x(2u * q);
+    let xb = load_x(2u * q + 1u);
+    let b = blk0 + vec4<u32>(q);
+    let am = vec4<f32>(qkv_absmax(proj, b.x), qkv_absmax(proj, b.y), qkv_absmax(proj, b.z), qkv_absmax(proj, b.w));
+    let s0 = vec4<f32>(dot32(c0x, xa), dot32(c0y, xa), dot32(c0z, xa), dot32(c0w, xa));
+    let s1 = vec4<f32>(dot32(c1x, xb), dot32(c1y, xb), dot32(c1z, xb), dot32(c1w, xb));
+    acc = fma(am, s0, fma(am, s1, acc));
+  }
+  if (p.K2 > 0u) {
+    var s2 = vec4<f32>(0.0);
+    let b = (r + vec4<u32>(first)) * p.K2;
+    let off = select(select(p.x2_off_v, p.x2_off_k, proj == 1u), p.x2_off, proj == 0u);
+    for (var k = t; k < p.K2; k += TEAM) {
+      let w = vec4<f32>(f32(w2[b.x + k]), f32(w2[b.y + k]), f32(w2[b.z + k]), f32(w2[b.w + k]));
+      s2 = fma(w, vec4<f32>(f32(x2[off + k])), s2);
+    }
+    let alpha2 = select(select(p.alpha2_v, p.alpha2_k, proj == 1u), p.alpha2, proj == 0u);
+    acc = fma(vec4<f32>(alpha2), s2, acc);
+  }
+  return acc;
+}
+
+// Team t of the three projections: (projection, its team index within it, its first row).
+fn qkv_team(t: u32) -> vec3<u32> {
+  let qTeams = p.OUT / RPT;
+  let kvTeams = p.kv_rows / RPT;
+  if (t < qTeams) { return vec3<u32>(0u, t, 0u); }
+  if (t < qTeams + kvTeams) { return vec3<u32>(1u, t - qTeams, p.OUT); }
+  return vec3<u32>(2u, t - qTeams - kvTeams, p.OUT + p.kv_rows);
+}
+
+@compute @workgroup_size(WG)
+fn qkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  if (li < 16u) { lut[li] = bitcast<f32>(NF4[li]); }
+  for (var i = li; i < 771u; i += WG) { dyn3[i] = dynmap[i]; }
+  workgroupBarrier();
+  let teamsPerWg = WG / TEAM;
+  let quarter = p.D / 4u;
+  let half = p.D / 2u;
+  let teams = (p.OUT + 2u * p.kv_rows) / RPT;
+  let team0 = (wg.y * p.gx + wg.x) * teamsPerWg;
+  let team = team0 + li / TEAM;
+  var acc = vec4<f32>(0.0);
+  if (team < teams) {
+    let tp = qkv_team(team);
+    let base = (tp.y / quarter) * p.D + 2u * (tp.y % quarter);
+    acc = qkv_rows4(tp.x, vec4<u32>(base, base + 1u, base + half, base + half + 1u), tp.z, li % TEAM);
+  }
+  reduce_slices(li, acc);
+  let t = team0 + li / RPT;
+  if (li < teamsPerWg * RPT && t < teams) {
+    let tp = qkv_team(t);
+    let slot = li % RPT;
+    let i = 2u * (tp.y % quarter) + (slot & 1u);
+    let row = (tp.y / quarter) * p.D + i + select(0u, half, slot >= 2u);
+    let total = team_total(li / RPT, slot);
+    if (tp.x == 2u) {
+      vc[p.cache_off + row] = f16(total);
+    } else {
+      let v = f32(f16(total));
+      let partner = f32(f16(team_total(li / RPT, slot ^ 2u)));
+      let cs = rot[i];
+      var out = v * cs.x - partner * cs.y;
+      if (slot >= 2u) { out = v * cs.x + partner * cs.y; }
+      if (tp.x == 0u) { y[row] = {{OUT}}(out); } else { kc[p.cache_off + row] = f16(out); }
+    }
   }
 }

@@ -20,7 +20,16 @@ import type { Gpu } from "../../engine/gpu.ts";
 import { assertClose, gpuTest, rms, Rng, testSeed } from "../../engine/testing.ts";
 import { nf4Release, nf4Upload } from "../nf4/nf4.ts";
 import { nf4DequantRef, nf4QuantizeRef } from "../nf4/nf4_ref.ts";
-import { matvec, type MatvecArgs, matvecSwiglu, matvecUnsupported, type MatvecVariant } from "./matvec.ts";
+import {
+  matvec,
+  type MatvecArgs,
+  matvecQkv,
+  matvecQkvUnsupported,
+  matvecSwiglu,
+  matvecUnsupported,
+  type MatvecVariant,
+  stackQkvTables,
+} from "./matvec.ts";
 import { matvecRef } from "./matvec_ref.ts";
 import { ropeInvFreq, ropeRotation } from "../rope/rope.ts";
 import { ropeRef } from "../rope/rope_ref.ts";
@@ -398,6 +407,152 @@ await gpuTest("matvec: NF4 product with the rotary embedding of one position vs 
       await runRopeCase(gpu, c, seed);
     }
   }
+});
+
+/** The distance between f16 values next to |v|. */
+function f16Step(v: number): number {
+  return v < 2 ** -14 ? 2 ** -24 : 2 ** (Math.floor(Math.log2(v)) - 10);
+}
+
+interface QkvCase {
+  heads: number;
+  kvHeads: number;
+  D: number;
+  in: number;
+  /** LoRA rank (0: none) and which of q, k, v have it. */
+  K2: number;
+  lora: [boolean, boolean, boolean];
+  /** Elements of the KV caches before the position's row. */
+  cacheOffset: number;
+}
+
+const QKV_CASES: QkvCase[] = [
+  // LoRA on q and v only (k's rows of the stacked B are zero), teams of 32 spanning two projections.
+  { heads: 4, kvHeads: 2, D: 64, in: 256, K2: 5, lora: [true, false, true], cacheOffset: 3 * 128 },
+  // The 8B row length and head size, LoRA of rank 64 on all three.
+  { heads: 4, kvHeads: 1, D: 128, in: 4096, K2: 64, lora: [true, true, true], cacheOffset: 128 * 7 },
+  { heads: 2, kvHeads: 1, D: 128, in: 1024, K2: 0, lora: [false, false, false], cacheOffset: 0 },
+];
+
+/** q, k and v in one pass against float64 (q and k rotated), and within one f16 step of the three
+ * separate products it replaces; nothing outside the outputs written. */
+async function runQkvCase(gpu: Gpu, c: QkvCase, seed: number): Promise<void> {
+  const rng = new Rng(seed);
+  const position = Math.floor(rng.next() * 131072);
+  const label = `seed ${seed} qkv at ${position} ${JSON.stringify(c)}`;
+  const rows = [c.heads * c.D, c.kvHeads * c.D, c.kvHeads * c.D];
+  const x = roundToF16(uniform(rng, c.in, 1));
+  const hosts = rows.map((r) => nf4QuantizeRef(Float32Array.from(uniform(rng, r * c.in, 0.1)), r, c.in));
+  const ws = hosts.map((h) => nf4Upload(gpu, h, "matvec qkv test"));
+  const owned: GPUBuffer[] = [];
+  const keep = (b: GPUBuffer) => (owned.push(b), b);
+  try {
+    const scales = [0.5, 1.25, 2];
+    const xOffsets = [0, 3, 7];
+    const u = roundToF16(uniform(rng, 7 + c.K2, 2));
+    const bs = rows.map((r, i) =>
+      c.lora[i] ? roundToF16(uniform(rng, r * c.K2, 0.5)) : new Float64Array(r * c.K2)
+    );
+    const stacked = new Float64Array(bs.reduce((n, b) => n + b.length, 0));
+    bs.reduce((at, b) => (stacked.set(b, at), at + b.length), 0);
+    const invFreq = ropeInvFreq(c.D, 500000, LLAMA31_8B.ropeScaling ?? undefined);
+    const rotation = keep(upload(gpu, ropeRotation(invFreq, position)));
+    const xb = keep(uploadF16(gpu, x));
+    const ub = keep(uploadF16(gpu, u));
+    const tables = await stackQkvTables(gpu, ws[0], ws[1], ws[2], "matvec qkv test");
+    owned.push(tables.absmaxCodes, tables.scales, tables.maps);
+    const outs = rows.map((r, i) =>
+      keep(createBuffer(gpu, ((i ? c.cacheOffset : 0) + r + 4) * 2, "workspace"))
+    );
+    const sep = rows.map((r, i) =>
+      keep(createBuffer(gpu, ((i ? c.cacheOffset : 0) + r + 4) * 2, "workspace"))
+    );
+    for (const b of [...outs, ...sep]) poison(gpu, b, "f16");
+    const proj = (i: number) => ({
+      w: ws[i],
+      lora: c.lora[i] ? { alpha: scales[i], xOffset: xOffsets[i] } : undefined,
+    });
+    const enc = new Encoder(gpu, { label: "matvec qkv test" });
+    await matvecQkv(enc, {
+      in: c.in,
+      headDim: c.D,
+      q: proj(0),
+      k: proj(1),
+      v: proj(2),
+      tables,
+      x: xb,
+      lora: c.K2 > 0 ? { K2: c.K2, b: keep(uploadF16(gpu, stacked)), x: ub } : undefined,
+      rotation,
+      y: outs[0],
+      kCache: outs[1],
+      vCache: outs[2],
+      cacheOffset: c.cacheOffset,
+    });
+    for (let i = 0; i < 3; i++) {
+      await matvec(enc, {
+        w: { kind: "nf4", w: ws[i] },
+        out: rows[i],
+        in: c.in,
+        K2: c.lora[i] ? c.K2 : undefined,
+        x: xb,
+        y: sep[i],
+        yOffset: i ? c.cacheOffset : 0,
+        yType: "f16",
+        second: c.lora[i]
+          ? { w: keep(uploadF16(gpu, bs[i])), x: ub, alpha: scales[i], xOffset: xOffsets[i] }
+          : undefined,
+        rope: i < 2 ? { headDim: c.D, rotation } : undefined,
+      });
+    }
+    await enc.submit();
+    for (let i = 0; i < 3; i++) {
+      const name = "qkv"[i];
+      const off = i ? c.cacheOffset : 0;
+      const all = await readAs(gpu, outs[i], "f16", off + rows[i] + 4);
+      for (let e = 0; e < all.length; e++) {
+        if ((e < off || e >= off + rows[i]) && !Number.isNaN(all[e])) {
+          throw new Error(`${label}: element ${e} of ${name}'s output lies outside it and was written`);
+        }
+      }
+      const got = Array.from(all).slice(off, off + rows[i]);
+      const alone = Array.from(await readAs(gpu, sep[i], "f16", off + rows[i])).slice(off);
+      // The same operations in the same order; a compiler may contract a multiply and an add into
+      // an fma in one entry and not the other, which moves a rounding by one f16 step (and a rotated
+      // value that cancels to near zero by a few f32 steps of its terms).
+      const floor = 2 ** -20 * rms(alone);
+      const diff = got.findIndex((g, e) =>
+        !(Math.abs(g - alone[e]) <= f16Step(Math.max(Math.abs(g), Math.abs(alone[e]))) + floor)
+      );
+      assert(
+        diff < 0,
+        `${label}: ${name}[${diff}] = ${got[diff]}, the separate product gives ${alone[diff]}`,
+      );
+      const plain = roundToF16(matvecRef({
+        w: nf4DequantRef(hosts[i], { f16: false }),
+        out: rows[i],
+        in: c.in,
+        x,
+        second: c.lora[i]
+          ? { w: bs[i], x: u.slice(xOffsets[i], xOffsets[i] + c.K2), K: c.K2, alpha: scales[i] }
+          : undefined,
+      }));
+      const want = i < 2 ? ropeRef(plain, [position], invFreq, 1, rows[i] / c.D, c.D) : Array.from(plain);
+      assertClose(got, want, { atol: 2e-3 * rms(want), rtol: 3e-3, label: `${label} ${name}` });
+    }
+  } finally {
+    ws.forEach((w) => nf4Release(w));
+    for (const b of owned) b.destroy();
+  }
+}
+
+await gpuTest("matvec: NF4 q, k and v in one pass vs float64 and vs the separate products", async (gpu) => {
+  const seed = testSeed();
+  for (const c of QKV_CASES) {
+    const shape = { in: c.in, headDim: c.D, qRows: c.heads * c.D, kvRows: c.kvHeads * c.D, K2: c.K2 };
+    if (matvecQkvUnsupported(gpu.caps, shape) === undefined) await runQkvCase(gpu, c, seed);
+  }
+  const odd = matvecQkvUnsupported(gpu.caps, { in: 128, headDim: 64, qRows: 64, kvRows: 64 });
+  if (gpu.caps.f16) assert(odd?.includes("multiple of 256"), String(odd));
 });
 
 await gpuTest("matvec: shapes it cannot run are refused with the reason", async (gpu) => {

@@ -9,7 +9,7 @@
 //   stats                8 bytes { norm f32, nonfinite u32 } (GRAD_STATS_BYTES)
 
 import { createBuffer, releaseBuffer, upload } from "../../engine/buffers.ts";
-import { type Binding, type Encoder, workgroupGrid } from "../../engine/encoder.ts";
+import { type Binding, bufferBytes, type Encoder, workgroupGrid } from "../../engine/encoder.ts";
 import type { Gpu } from "../../engine/gpu.ts";
 import adamwCode from "./adamw.wgsl" with { type: "text" };
 import adamw8bitCode from "./adamw8bit.wgsl" with { type: "text" };
@@ -187,7 +187,7 @@ interface Range {
 }
 
 function wholeRange(b: Binding): Range {
-  return "buffer" in b ? b : { buffer: b, offset: 0, size: b.size };
+  return "buffer" in b ? b : { buffer: b, offset: 0, size: bufferBytes(b) };
 }
 
 /** The binding as a range, checked to hold `bytes`. */
