@@ -14,7 +14,7 @@
 // broken batch cannot pass unnoticed.
 
 import { createBuffer, destroyBuffer } from "../../engine/buffers.ts";
-import type { Binding, Encoder } from "../../engine/encoder.ts";
+import { type Binding, bindingBytes, type Encoder } from "../../engine/encoder.ts";
 import type { Gpu } from "../../engine/gpu.ts";
 import { matmul } from "../matmul/matmul.ts";
 import fwdCode from "./cross_entropy_fwd.wgsl" with { type: "text" };
@@ -149,9 +149,11 @@ function checkShapes(
         `alignment of ${gpu.name}; use a chunk that is a multiple of ${align / 2}`,
     );
   }
-  if (weight.size < V * C * 2) {
+  if (bindingBytes(weight) < V * C * 2) {
     throw new RangeError(
-      `cross-entropy weight buffer holds ${weight.size} bytes; [V=${V}, C=${C}] f16 needs ${V * C * 2}`,
+      `cross-entropy weight buffer holds ${bindingBytes(weight)} bytes; [V=${V}, C=${C}] f16 needs ${
+        V * C * 2
+      }`,
     );
   }
 }

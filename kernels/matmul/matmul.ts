@@ -15,7 +15,7 @@
 // more steps of the same reduction (`lowRank`; on tensor cores its own pipeline). Both run unsplit.
 
 import { deviceWorkspace } from "../../engine/buffers.ts";
-import { type Binding, type Encoder, workgroupGrid } from "../../engine/encoder.ts";
+import { type Binding, bindingBytes, type Encoder, workgroupGrid } from "../../engine/encoder.ts";
 import type { Capabilities } from "../../engine/gpu.ts";
 import tiledCode from "./matmul_tiled.wgsl" with { type: "text" };
 import reduceCode from "./matmul_split_k_reduce.wgsl" with { type: "text" };
@@ -152,7 +152,9 @@ export async function matmul(enc: Encoder, args: MatmulArgs): Promise<void> {
       throw new RangeError(`${where}: ldc = ${ldc} must be a whole number >= N`);
     }
     const bytes = ((M - 1) * ldc + N) * (args.out === "f32" ? 4 : 2);
-    if (args.c.size < bytes) throw new RangeError(`${where}: c has ${args.c.size} bytes, needs ${bytes}`);
+    if (bindingBytes(args.c) < bytes) {
+      throw new RangeError(`${where}: c has ${bindingBytes(args.c)} bytes, needs ${bytes}`);
+    }
     if (low) {
       if (layout === "tn") throw new Error(`${where}: the low-rank term runs with "nt" and "nn" only`);
       if (!Number.isInteger(R) || R < 8 || R % 8 !== 0) {
@@ -160,8 +162,10 @@ export async function matmul(enc: Encoder, args: MatmulArgs): Promise<void> {
       }
       const ldf = low.ldf ?? N;
       const fBytes = (layout === "nt" ? N * R : (R - 1) * ldf + N) * 2;
-      if (low.u.size < M * R * 2) throw new RangeError(`${where}: lowRank.u needs ${M * R * 2} bytes`);
-      if (low.f.size < fBytes) throw new RangeError(`${where}: lowRank.f needs ${fBytes} bytes`);
+      if (bindingBytes(low.u) < M * R * 2) {
+        throw new RangeError(`${where}: lowRank.u needs ${M * R * 2} bytes`);
+      }
+      if (bindingBytes(low.f) < fBytes) throw new RangeError(`${where}: lowRank.f needs ${fBytes} bytes`);
     }
   }
   // A low-rank term or a strided C runs unsplit.

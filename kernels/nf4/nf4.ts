@@ -30,7 +30,7 @@
 // nf4_ref.ts, which the GPU quantizer matches bit for bit.
 
 import { createBuffer, deviceWorkspace, readU32, releaseBuffer, upload } from "../../engine/buffers.ts";
-import { type Binding, Encoder, workgroupGrid } from "../../engine/encoder.ts";
+import { type Binding, bindingBytes, Encoder, workgroupGrid } from "../../engine/encoder.ts";
 import type { Capabilities, Gpu } from "../../engine/gpu.ts";
 import { readF32 } from "../../engine/buffers.ts";
 import { hasTensorCores, matmul } from "../matmul/matmul.ts";
@@ -412,8 +412,8 @@ export async function nf4Dequantize(enc: Encoder, args: Nf4DequantizeArgs): Prom
     throw new RangeError(`${where}: a column slice starts and ends on multiples of 8`);
   }
   const elements = count * (columns ? w.out : w.in);
-  if (args.d.size < elements * 2) {
-    throw new RangeError(`${where}: d has ${args.d.size} bytes, needs ${elements * 2}`);
+  if (bindingBytes(args.d) < elements * 2) {
+    throw new RangeError(`${where}: d has ${bindingBytes(args.d)} bytes, needs ${elements * 2}`);
   }
   const pipeline = await enc.gpu.pipelines.get({
     shader: DEQUANTIZE,
@@ -486,11 +486,13 @@ export async function nf4Matmul(enc: Encoder, args: Nf4MatmulArgs): Promise<void
   const N = mode === "fwd" ? w.out : w.in;
   const K = mode === "fwd" ? w.in : w.out;
   if (lowRank) {
-    if (lowRank.u.size < T * R * 2) throw new RangeError(`${where}: U needs ${T * R * 2} bytes`);
-    if (lowRank.f.size < N * R * 2) throw new RangeError(`${where}: F needs ${N * R * 2} bytes`);
+    if (bindingBytes(lowRank.u) < T * R * 2) throw new RangeError(`${where}: U needs ${T * R * 2} bytes`);
+    if (bindingBytes(lowRank.f) < N * R * 2) throw new RangeError(`${where}: F needs ${N * R * 2} bytes`);
   }
   const outBytes = args.out === "f32" ? 4 : 2;
-  if (args.y.size < T * N * outBytes) throw new RangeError(`${where}: y needs ${T * N * outBytes} bytes`);
+  if (bindingBytes(args.y) < T * N * outBytes) {
+    throw new RangeError(`${where}: y needs ${T * N * outBytes} bytes`);
+  }
   let sliceColumns = variant === "subgroup_matrix" ? nf4SliceColumns(T, N, K) : undefined;
   if (args.sliceColumns !== undefined) {
     const c = args.sliceColumns;

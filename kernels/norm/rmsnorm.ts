@@ -7,7 +7,7 @@
 // dx is f16, like the activations it is the gradient of; it is computed in f32 and rounded once,
 // optionally added to the dx already there (the residual stream's gradient) before rounding.
 
-import type { Binding, Encoder } from "../../engine/encoder.ts";
+import { type Binding, bindingBytes, type Encoder } from "../../engine/encoder.ts";
 import { elementwiseGrid } from "../elementwise/elementwise.ts";
 import rmsnormCode from "./rmsnorm.wgsl" with { type: "text" };
 
@@ -119,7 +119,7 @@ export async function rmsnormWeightGrad(enc: Encoder, args: RmsNormWeightGradArg
   const { T, C } = args;
   checkShape("rmsnormWeightGrad", T, C);
   const ws = args.workspace;
-  const wsBytes = ws.size;
+  const wsBytes = bindingBytes(ws);
   const need = rmsnormWeightGradWorkspaceBytes(T, C);
   if (wsBytes < need) {
     throw new RangeError(

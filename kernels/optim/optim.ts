@@ -9,7 +9,13 @@
 //   stats                8 bytes { norm f32, nonfinite u32 } (GRAD_STATS_BYTES)
 
 import { createBuffer, releaseBuffer, upload } from "../../engine/buffers.ts";
-import { type Binding, bufferBytes, type Encoder, workgroupGrid } from "../../engine/encoder.ts";
+import {
+  type Binding,
+  bindingBytes,
+  bufferBytes,
+  type Encoder,
+  workgroupGrid,
+} from "../../engine/encoder.ts";
 import type { Gpu } from "../../engine/gpu.ts";
 import adamwCode from "./adamw.wgsl" with { type: "text" };
 import adamw8bitCode from "./adamw8bit.wgsl" with { type: "text" };
@@ -466,8 +472,10 @@ export interface GradStatsArgs {
 export async function gradStats(enc: Encoder, args: GradStatsArgs): Promise<void> {
   if (args.grads.length === 0) throw new RangeError("gradStats: no gradient tensors given");
   const need = gradStatsWorkspaceBytes(args.grads);
-  if (args.partials.size < need) {
-    throw new RangeError(`gradStats: partials buffer has ${args.partials.size} bytes, needs ${need}`);
+  if (bindingBytes(args.partials) < need) {
+    throw new RangeError(
+      `gradStats: partials buffer has ${bindingBytes(args.partials)} bytes, needs ${need}`,
+    );
   }
   const final = await enc.gpu.pipelines.get({ shader: STATS_FINAL });
   const align = enc.gpu.device.limits.minStorageBufferOffsetAlignment;

@@ -10,7 +10,7 @@
 // transformers' _compute_llama3_parameters) and uploaded once as f32; cos and sin are evaluated
 // in f32 in the kernel from the exact angle position * invFreq[i].
 
-import type { Binding, Encoder } from "../../engine/encoder.ts";
+import { type Binding, bindingBytes, type Encoder } from "../../engine/encoder.ts";
 import { elementwiseGrid } from "../elementwise/elementwise.ts";
 import ropeCode from "./rope.wgsl" with { type: "text" };
 
@@ -96,9 +96,9 @@ async function launch(enc: Encoder, args: RopeArgs, dir: number, what: string): 
       throw new RangeError(`${what}: outOffset = ${outOffset} must be an even whole number`);
     }
   }
-  if (args.out && args.out.size < (outOffset + T * heads * D) * 2) {
+  if (args.out && bindingBytes(args.out) < (outOffset + T * heads * D) * 2) {
     throw new RangeError(
-      `${what}: out has ${args.out.size} bytes; ${outOffset} + ${T}x${heads}x${D} f16 need ` +
+      `${what}: out has ${bindingBytes(args.out)} bytes; ${outOffset} + ${T}x${heads}x${D} f16 need ` +
         `${(outOffset + T * heads * D) * 2}`,
     );
   }
