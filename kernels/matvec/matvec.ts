@@ -302,6 +302,16 @@ export function matvecBytes(
   return weight + inDim * 2 + K2 * (out + 1) * 2 + y;
 }
 
+/** The NF4 kernel's entry `entry` with f16 output and teams of `team` threads. */
+function nf4F16Pipeline(enc: Encoder, entry: string, team: number): Promise<GPUComputePipeline> {
+  return enc.gpu.pipelines.get({
+    shader: SHADERS.nf4.workgroup!,
+    entry,
+    substitutions: { OUT: "f16" },
+    constants: { TEAM: team },
+  });
+}
+
 /** One projection of matvecSwiglu: its NF4 weight and its optional LoRA up-projection. */
 export interface SwigluProjection {
   w: Nf4Weight;
@@ -345,12 +355,7 @@ export async function matvecSwiglu(enc: Encoder, args: MatvecSwigluArgs): Promis
     }
   }
   const team = nf4SwigluTeam(inDim);
-  const pipeline = await enc.gpu.pipelines.get({
-    shader: SHADERS.nf4.workgroup!,
-    entry: "swiglu",
-    substitutions: { OUT: "f16" },
-    constants: { TEAM: team },
-  });
+  const pipeline = await nf4F16Pipeline(enc, "swiglu", team);
   const g = workgroupGrid(enc.gpu.caps, Math.ceil(out / ((256 / team) * NF4_ROWS_PER_TEAM)));
   const params = new ArrayBuffer(PARAM_BYTES);
   new Uint32Array(params, 0, 4).set([out, inDim, K2, g[0]]);
@@ -504,12 +509,7 @@ export async function matvecQkv(enc: Encoder, args: MatvecQkvArgs): Promise<void
     need("lora.x", lora.x, (Math.max(...xOffsets) + K2) * 2);
   }
   const team = nf4Team(inDim);
-  const pipeline = await enc.gpu.pipelines.get({
-    shader: SHADERS.nf4.workgroup!,
-    entry: "qkv",
-    substitutions: { OUT: "f16" },
-    constants: { TEAM: team },
-  });
+  const pipeline = await nf4F16Pipeline(enc, "qkv", team);
   const teamsPerWorkgroup = 256 / team;
   const g = workgroupGrid(enc.gpu.caps, Math.ceil(rows / NF4_ROWS_PER_TEAM / teamsPerWorkgroup));
   const params = new ArrayBuffer(PARAM_BYTES);
