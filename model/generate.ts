@@ -61,6 +61,7 @@ import {
   matvecQkvUnsupported,
   matvecSwiglu,
   matvecUnsupported,
+  type QkvProjection,
   type QkvTables,
   stackQkvTables,
 } from "../kernels/matvec/matvec.ts";
@@ -116,12 +117,15 @@ interface LayerState {
   fusedQkv?: FusedQkv;
 }
 
-/** What matvecQkv reads beyond the three weights: their stacked absmax codes, scales and maps, and
- * the stacked B16 factors [q rows + 2 kv rows, R] (zero rows where a projection has no LoRA). */
+/** matvecQkv's operands that stay from step to step: the three projections (LoRA inputs at their
+ * attnLora offsets), their stacked absmax codes, scales and maps, and the stacked B16 factors
+ * [q rows + 2 kv rows, K2] (zero rows where a projection has no LoRA). */
 interface FusedQkv {
+  q: QkvProjection;
+  k: QkvProjection;
+  v: QkvProjection;
   tables: QkvTables;
-  b?: GPUBuffer;
-  R: number;
+  lora?: { K2: number; b: GPUBuffer };
 }
 
 /** The LoRA down-projections of projections that share their input, as one f16 product: a16 holds
@@ -390,19 +394,23 @@ export class KvCacheModel {
     label: string,
   ): Promise<FusedQkv | undefined> {
     const [q, k, v] = ATTN_INPUT.map((m) => proj[m]);
-    if (q.base.kind !== "nf4" || k.base.kind !== "nf4" || v.base.kind !== "nf4") return undefined;
-    const loras = [q, k, v].map((l) => l.lora);
-    const ranks = new Set(loras.filter((l) => l !== undefined).map((l) => l.R));
-    if (ranks.size > 1) return undefined;
-    if (ranks.size === 1 && ATTN_INPUT.some((m) => proj[m].lora && group?.offsets[m] === undefined)) {
-      return undefined;
+    const parts: QkvProjection[] = [];
+    for (const m of ATTN_INPUT) {
+      const { base, lora } = proj[m];
+      if (base.kind !== "nf4") return undefined;
+      const xOffset = group?.offsets[m];
+      if (lora && xOffset === undefined) return undefined;
+      parts.push({ w: base.w, lora: lora ? { alpha: lora.scale, xOffset: xOffset! } : undefined });
     }
+    const ranks = new Set([q, k, v].flatMap((l) => l.lora ? [l.lora.R] : []));
+    if (ranks.size > 1) return undefined;
     const R = ranks.size === 1 ? [...ranks][0] : 0;
     const shape = { in: q.in, headDim: this.config.headDim, qRows: q.out, kvRows: k.out, K2: R };
     if (v.out !== k.out || matvecQkvUnsupported(gpu.caps, shape) !== undefined) return undefined;
-    const tables = await stackQkvTables(gpu, q.base.w, k.base.w, v.base.w, label);
+    const tables = await stackQkvTables(gpu, parts[0].w, parts[1].w, parts[2].w, label);
     this.#owned.push(tables.absmaxCodes, tables.scales, tables.maps);
-    if (R === 0) return { tables, R };
+    const fused = { q: parts[0], k: parts[1], v: parts[2], tables };
+    if (R === 0) return fused;
     const rows = q.out + 2 * k.out;
     const b = this.#keep(createBuffer(gpu, rows * R * 2, "lora", `${label}.lora_B.f16`));
     const enc = new Encoder(gpu, { label: `${label} LoRA B` });
@@ -414,7 +422,7 @@ export class KvCacheModel {
       row += lin.out;
     }
     await enc.submit();
-    return { tables, b, R };
+    return { ...fused, lora: { K2: R, b } };
   }
 
   /** W' = W + s·B16·A16 into a new f16 weight [out, in]. */
@@ -556,7 +564,6 @@ export class KvCacheModel {
     const { hiddenSize: C, numHeads: H, numKvHeads: KVH, headDim: D, rmsNormEps: eps, intermediateSize: I } =
       cfg;
     const n = this.#ids.length;
-    const row = bytesPerRow(cfg);
     const times = this.decodeTimes;
     let t0 = performance.now();
     for (let d = 0; d < this.#devices.length; d++) {
@@ -585,88 +592,22 @@ export class KvCacheModel {
         const f = layer.fast;
         const attnNorm = { x: dev.x, w: layer.attnNorm, h: dev.h, rstd: dev.rstd, C, eps };
         const attnU = await normedLoraGroupProduct(enc, layer.attnLora, attnNorm, dev.u);
-        // v goes straight into cache row n where the matvec kernel runs it; k into it through RoPE.
-        const rowElems = KVH * D;
         const qkv = layer.fusedQkv;
         if (qkv) {
-          const part = (m: LoraTarget) => {
-            const lin = p[m];
-            if (lin.base.kind !== "nf4") throw new Error(`l${layer.index}.${m}: fusedQkv needs an NF4 base`);
-            const lora = lin.lora ? { alpha: lin.lora.scale, xOffset: attnU[m]! } : undefined;
-            return { w: lin.base.w, lora };
-          };
           await matvecQkv(enc, {
+            ...qkv,
             in: C,
             headDim: D,
-            q: part("q_proj"),
-            k: part("k_proj"),
-            v: part("v_proj"),
-            tables: qkv.tables,
             x: dev.h,
-            lora: qkv.b ? { K2: qkv.R, b: qkv.b, x: dev.u } : undefined,
+            lora: qkv.lora && { ...qkv.lora, x: dev.u },
             rotation: dev.rot,
             y: dev.qr,
             kCache: layer.k,
             vCache: layer.v,
-            cacheOffset: n * rowElems,
+            cacheOffset: n * KVH * D,
           });
-        } else if (layer.fusedRope) {
-          const rope = { headDim: D, rotation: dev.rot };
-          await linear1(enc, p.q_proj, true, dev.h, dev.qr, dev.u, undefined, 0, attnU.q_proj, rope);
-          await linear1(
-            enc,
-            p.k_proj,
-            true,
-            dev.h,
-            layer.k,
-            dev.u,
-            undefined,
-            n * rowElems,
-            attnU.k_proj,
-            rope,
-          );
         } else {
-          await linear1(enc, p.q_proj, f.q_proj, dev.h, dev.q, dev.u, undefined, 0, attnU.q_proj);
-          await linear1(enc, p.k_proj, f.k_proj, dev.h, dev.k, dev.u, undefined, 0, attnU.k_proj);
-        }
-        if (qkv) {
-          // v went into its cache row with q and k.
-        } else if (f.v_proj) {
-          await linear1(
-            enc,
-            p.v_proj,
-            f.v_proj,
-            dev.h,
-            layer.v,
-            dev.u,
-            undefined,
-            n * rowElems,
-            attnU.v_proj,
-          );
-        } else {
-          await linear1(enc, p.v_proj, f.v_proj, dev.h, dev.v, dev.u);
-          enc.copy(dev.v, 0, layer.v, n * row, row);
-        }
-        if (!layer.fusedRope) {
-          await ropeForward(enc, {
-            x: dev.q,
-            out: dev.qr,
-            positions: dev.pos,
-            invFreq: layer.invFreq,
-            T: 1,
-            heads: H,
-            D,
-          });
-          await ropeForward(enc, {
-            x: dev.k,
-            out: layer.k,
-            outOffset: n * rowElems,
-            positions: dev.pos,
-            invFreq: layer.invFreq,
-            T: 1,
-            heads: KVH,
-            D,
-          });
+          await this.#qkvApart(enc, dev, layer, attnU, n);
         }
         await decodeAttention(enc, {
           q: dev.qr,
@@ -730,6 +671,79 @@ export class KvCacheModel {
     times.waitReadMs += performance.now() - t0;
     times.steps++;
     return logits;
+  }
+
+  /** q, k and v of a layer where matvecQkv does not take them: q into dev.qr, k and v into cache row
+   * n; each through its own product, rotated in its epilogue where the matvec kernels take them. */
+  async #qkvApart(
+    enc: Encoder,
+    dev: DeviceState,
+    layer: LayerState,
+    attnU: LoraGroup["offsets"],
+    n: number,
+  ): Promise<void> {
+    const { numHeads: H, numKvHeads: KVH, headDim: D } = this.config;
+    const row = bytesPerRow(this.config);
+    const p = layer.proj;
+    const f = layer.fast;
+    // v goes straight into cache row n where the matvec kernel runs it; k into it through RoPE.
+    const rowElems = KVH * D;
+    if (layer.fusedRope) {
+      const rope = { headDim: D, rotation: dev.rot };
+      await linear1(enc, p.q_proj, true, dev.h, dev.qr, dev.u, undefined, 0, attnU.q_proj, rope);
+      await linear1(
+        enc,
+        p.k_proj,
+        true,
+        dev.h,
+        layer.k,
+        dev.u,
+        undefined,
+        n * rowElems,
+        attnU.k_proj,
+        rope,
+      );
+    } else {
+      await linear1(enc, p.q_proj, f.q_proj, dev.h, dev.q, dev.u, undefined, 0, attnU.q_proj);
+      await linear1(enc, p.k_proj, f.k_proj, dev.h, dev.k, dev.u, undefined, 0, attnU.k_proj);
+    }
+    if (f.v_proj) {
+      await linear1(
+        enc,
+        p.v_proj,
+        f.v_proj,
+        dev.h,
+        layer.v,
+        dev.u,
+        undefined,
+        n * rowElems,
+        attnU.v_proj,
+      );
+    } else {
+      await linear1(enc, p.v_proj, f.v_proj, dev.h, dev.v, dev.u);
+      enc.copy(dev.v, 0, layer.v, n * row, row);
+    }
+    if (!layer.fusedRope) {
+      await ropeForward(enc, {
+        x: dev.q,
+        out: dev.qr,
+        positions: dev.pos,
+        invFreq: layer.invFreq,
+        T: 1,
+        heads: H,
+        D,
+      });
+      await ropeForward(enc, {
+        x: dev.k,
+        out: layer.k,
+        outOffset: n * rowElems,
+        positions: dev.pos,
+        invFreq: layer.invFreq,
+        T: 1,
+        heads: KVH,
+        D,
+      });
+    }
   }
 
   /** Final norm of dev.x and the lm_head product into the logits buffer. */

@@ -35,8 +35,7 @@
 
 import { type Binding, bindingBytes, Encoder, workgroupGrid } from "../../engine/encoder.ts";
 import { createBuffer } from "../../engine/buffers.ts";
-import type { Gpu } from "../../engine/gpu.ts";
-import type { Capabilities } from "../../engine/gpu.ts";
+import type { Capabilities, Gpu } from "../../engine/gpu.ts";
 import type { Shader } from "../../engine/pipeline.ts";
 import { NF4_CODEBOOK_WGSL, type Nf4Weight } from "../nf4/nf4.ts";
 import { nf4Counts } from "../nf4/nf4_ref.ts";
@@ -59,6 +58,8 @@ const SHADERS: Record<MatvecWeight["kind"], Partial<Record<MatvecVariant, Shader
 /** Bytes of the kernels' parameter struct (matvec_nf4.wgsl's Params, 68, rounded up to 16). */
 const PARAM_BYTES = 80;
 
+/** Entries of an NF4 weight's dynamic map of absmax codes. */
+const DYNMAP_ENTRIES = 256;
 /** Rows per team of the NF4 kernels. */
 const NF4_ROWS_PER_TEAM = 4;
 
@@ -209,7 +210,7 @@ function needNf4(where: string, need: SizeCheck, prefix: string, w: Nf4Weight, o
   need(`${prefix}codes`, w.codes, (out * inDim) / 2);
   need(`${prefix}absmaxCodes`, w.absmaxCodes, Math.ceil(blocks / 4) * 4);
   need(`${prefix}nested`, w.nested, (1 + Math.ceil(blocks / 256)) * 4);
-  need(`${prefix}dynmap`, w.dynmap, 256 * 4);
+  need(`${prefix}dynmap`, w.dynmap, DYNMAP_ENTRIES * 4);
 }
 
 /** Encodes y = alpha · W x (+ alpha2 · W2 x2) + beta · y: one dispatch. */
@@ -297,7 +298,9 @@ export function matvecBytes(
   const { out, in: inDim, K2 = 0 } = shape;
   const n = out * inDim;
   const blocks = Math.ceil(n / 64);
-  const weight = kind === "nf4" ? n / 2 + blocks + (1 + Math.ceil(blocks / 256)) * 4 + 256 * 4 : n * 2;
+  const weight = kind === "nf4"
+    ? n / 2 + blocks + (1 + Math.ceil(blocks / 256)) * 4 + DYNMAP_ENTRIES * 4
+    : n * 2;
   const y = out * (yType === "f32" ? 4 : 2) * (beta !== 0 ? 2 : 1);
   return weight + inDim * 2 + K2 * (out + 1) * 2 + y;
 }
@@ -387,9 +390,12 @@ export interface QkvTables {
   absmaxCodes: GPUBuffer;
   /** f32 nested scales of q's groups of 256 blocks, then k's, then v's (their mean offsets left out). */
   scales: GPUBuffer;
-  /** f32 [771 + 1]: q's, k's and v's dynamic maps (256 each), then their three mean offsets. */
+  /** f32 [QKV_MAP_FLOATS]: q's, k's and v's dynamic maps (256 each), then their three mean offsets. */
   maps: GPUBuffer;
 }
+
+/** f32 values of QkvTables.maps (matvec_nf4.wgsl's dyn3). */
+const QKV_MAP_FLOATS = 3 * DYNMAP_ENTRIES + 3;
 
 /** Why q, k and v of these shapes cannot go through matvecQkv, or undefined when they can: NF4
  * rows of in % 64 == 0 elements, q and k whole heads, and each weight's blocks a multiple of 256
@@ -430,7 +436,7 @@ export async function stackQkvTables(
   const tables: QkvTables = {
     absmaxCodes: createBuffer(gpu, blocks, "weights", `${label}.absmax_codes`),
     scales: createBuffer(gpu, (blocks / 256) * 4, "weights", `${label}.nested`),
-    maps: createBuffer(gpu, 772 * 4, "weights", `${label}.dynmaps`),
+    maps: createBuffer(gpu, QKV_MAP_FLOATS * 4, "weights", `${label}.dynmaps`),
   };
   const enc = new Encoder(gpu, { label: `stack ${label}` });
   let block = 0;
@@ -438,8 +444,8 @@ export async function stackQkvTables(
     const n = counts[i].blocks;
     enc.copy(w.absmaxCodes, 0, tables.absmaxCodes, block, n);
     enc.copy(w.nested, 4, tables.scales, (block / 256) * 4, (n / 256) * 4);
-    enc.copy(w.dynmap, 0, tables.maps, i * 1024, 1024);
-    enc.copy(w.nested, 0, tables.maps, 3 * 1024 + i * 4, 4);
+    enc.copy(w.dynmap, 0, tables.maps, i * DYNMAP_ENTRIES * 4, DYNMAP_ENTRIES * 4);
+    enc.copy(w.nested, 0, tables.maps, (3 * DYNMAP_ENTRIES + i) * 4, 4);
     block += n;
   });
   await enc.submit();
@@ -493,7 +499,7 @@ export async function matvecQkv(enc: Encoder, args: MatvecQkvArgs): Promise<void
   const blocks = (rows * inDim) / 64;
   need("tables.absmaxCodes", args.tables.absmaxCodes, blocks);
   need("tables.scales", args.tables.scales, (blocks / 256) * 4);
-  need("tables.maps", args.tables.maps, 771 * 4);
+  need("tables.maps", args.tables.maps, QKV_MAP_FLOATS * 4);
   need("x", args.x, inDim * 2);
   need("rotation", args.rotation, D * 4);
   need("y", args.y, qRows * 2);
@@ -508,10 +514,8 @@ export async function matvecQkv(enc: Encoder, args: MatvecQkvArgs): Promise<void
     need("lora.b", lora.b, rows * K2 * 2);
     need("lora.x", lora.x, (Math.max(...xOffsets) + K2) * 2);
   }
-  const team = nf4Team(inDim);
-  const pipeline = await nf4F16Pipeline(enc, "qkv", team);
-  const teamsPerWorkgroup = 256 / team;
-  const g = workgroupGrid(enc.gpu.caps, Math.ceil(rows / NF4_ROWS_PER_TEAM / teamsPerWorkgroup));
+  const pipeline = await nf4F16Pipeline(enc, "qkv", nf4Team(inDim));
+  const g = workgroupGrid(enc.gpu.caps, Math.ceil(rows / matvecRowsPerWorkgroup("nf4", rows, inDim)));
   const params = new ArrayBuffer(PARAM_BYTES);
   const u32 = new Uint32Array(params);
   const f32 = new Float32Array(params);

@@ -362,7 +362,7 @@ fn swiglu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
 @group(0) @binding(13) var<storage, read_write> vc: array<f16>;
 
 // qkv: the three dynamic maps and the three mean offsets.
-var<workgroup> dyn3: array<f32, 772>;
+var<workgroup> dyn3: array<f32, 771>;
 
 // Code word i of projection `proj` (0 q, 1 k, 2 v).
 fn qkv_word(proj: u32, i: u32) -> vec4<u32> {
