@@ -2,7 +2,7 @@
 // no download) and a LoRA adapter r = 64 on all seven projections (applied unmerged, as QLoRA
 // inference runs), KV cache of 128 rows, a 32-token prompt prefilled, then greedy decode steps
 // timed end to end (encode, submit, logits readback, argmax on the CPU). Row decode_8b_nf4: ms per
-// token; gbps = the bytes one token must read (NF4 codes + absmax codes + nested absmax + dynamic map
+// token; row decode_8b_nf4_base: the same model without an adapter (the NF4 base alone). For both, gbps = the bytes one token must read (NF4 codes + absmax codes + nested absmax + dynamic map
 // of every projection, f16 LoRA factors, norms, f16 lm_head, one embedding row, the KV cache rows
 // attended to) per second of that time, so `compare` relates it to the copy bandwidth of the same
 // device (ref copy_bandwidth): the fraction of the memory-bandwidth limit that decoding reaches. The
@@ -109,72 +109,78 @@ async function roundTrips(gpu: Gpu): Promise<string> {
   }
 }
 
-export default async function bench(ctx: BenchContext): Promise<BenchRow[]> {
+/** Decode tokens/s of an 8B-shaped NF4 model (TINY when quick) with a LoRA adapter of rank r on all
+ * seven projections, or none (r = 0): its row, its numbers printed to stderr. */
+async function benchDecode(gpu: Gpu, ctx: BenchContext, copy: number, r: number): Promise<BenchRow> {
   const config = ctx.quick ? TINY : LLAMA31_8B;
-  const r = ctx.quick ? 8 : 64;
   const cache = ctx.quick ? 64 : 128;
   const promptLen = ctx.quick ? 16 : 32;
   const steps = ctx.quick ? 8 : 24;
+  const name = r > 0 ? "decode_8b_nf4" : "decode_8b_nf4_base";
+  const lora = r > 0
+    ? { r, alpha: r, dropout: 0, targets: [...ALL_LORA_TARGETS], useRslora: false }
+    : { r: 1, alpha: 1, dropout: 0, targets: [], useRslora: false };
+  const model = await randomLlama(config, 1, { gpus: gpu, lora, baseFormat: "nf4" });
+  const kv = await KvCacheModel.create(model, { maxTokens: cache });
+  try {
+    const prompt = Array.from({ length: promptLen }, (_, i) => (i * 7919 + 3) % config.vocabSize);
+    // Warm-up: pipelines of the prefill and of the decode step, the step's bind groups.
+    let logits = await kv.prefill(prompt);
+    for (let i = 0; i < 2; i++) logits = await kv.step(argmax(logits));
+    const samples: number[] = [];
+    const reps: string[] = [];
+    for (let rep = 0; rep < (ctx.quick ? 1 : 3); rep++) {
+      logits = await kv.prefill(prompt);
+      kv.resetDecodeTimes();
+      const t0 = performance.now();
+      for (let i = 0; i < steps; i++) logits = await kv.step(argmax(logits));
+      const ms = (performance.now() - t0) / steps;
+      samples.push(ms);
+      const t = kv.decodeTimes;
+      const per = (v: number) => (v / t.steps).toFixed(2);
+      const phases =
+        `${ms.toFixed(2)} ms, ${t.dispatches / t.steps} dispatches: encode ${per(t.encodeMs)} ms, ` +
+        `submit ${per(t.submitMs)} ms, ` +
+        `GPU wait + logits readback ${per(t.waitReadMs)} ms, rest (argmax, JS) ` +
+        `${(ms - (t.encodeMs + t.submitMs + t.waitReadMs) / t.steps).toFixed(2)} ms`;
+      reps.push(phases);
+    }
+    samples.sort((a, b) => a - b);
+    const ms = samples[Math.floor(samples.length / 2)];
+    if (gpu.caps.timestamps) {
+      const next = argmax(logits);
+      const { result, profile } = await profileGpu(gpu, () => kv.step(next));
+      logits = result;
+      console.error(`${name} on ${gpu.name}, one step profiled:\n${formatProfile(profile, 16)}`);
+    }
+    console.error(`${name} on ${gpu.name}: ${await roundTrips(gpu)}`);
+    const meanLength = promptLen + (steps + 1) / 2;
+    const bytes = decodeWeightBytes(config, r) + decodeCacheBytes(config, meanLength);
+    const gbps = bytes / (ms * 1e-3) / 1e9;
+    console.error(
+      `${name} on ${gpu.name}: ${(1000 / ms).toFixed(1)} tokens/s (${ms.toFixed(2)} ms/token), ` +
+        `${(bytes / 2 ** 20).toFixed(1)} MiB read per token, ${gbps.toFixed(0)} GB/s = ` +
+        `${(100 * gbps / copy).toFixed(0)}% of the measured shader copy bandwidth ${copy.toFixed(0)} GB/s ` +
+        `(limit ${(copy * 1e9 / bytes).toFixed(1)} tokens/s); per token, each repetition:\n  ${
+          reps.join("\n  ")
+        }`,
+    );
+    const adapter = r > 0 ? `lora r=${r} all7` : "no adapter";
+    const shape = `L=${config.numLayers} C=${config.hiddenSize} V=${config.vocabSize} nf4 ${adapter} ` +
+      `cache=${cache} pos=${promptLen}..${promptLen + steps} batch=1 tok/s=${(1000 / ms).toFixed(1)} ` +
+      `copy=${copy.toFixed(0)}GB/s ratio=${(100 * gbps / copy).toFixed(0)}%`;
+    return gpuRow(gpu, name, shape, ms, { bytes, ref: "copy_bandwidth" });
+  } finally {
+    kv.destroy();
+    model.destroy();
+  }
+}
+
+export default async function bench(ctx: BenchContext): Promise<BenchRow[]> {
   const rows: BenchRow[] = [];
   for (const gpu of ctx.gpus) {
     const copy = await copyGbps(gpu, ctx.quick);
-    const lora = { r, alpha: r, dropout: 0, targets: [...ALL_LORA_TARGETS], useRslora: false };
-    const model = await randomLlama(config, 1, { gpus: gpu, lora, baseFormat: "nf4" });
-    const kv = await KvCacheModel.create(model, { maxTokens: cache });
-    try {
-      const prompt = Array.from({ length: promptLen }, (_, i) => (i * 7919 + 3) % config.vocabSize);
-      // Warm-up: pipelines of the prefill and of the decode step, the step's bind groups.
-      let logits = await kv.prefill(prompt);
-      for (let i = 0; i < 2; i++) logits = await kv.step(argmax(logits));
-      const samples: number[] = [];
-      const reps: string[] = [];
-      for (let rep = 0; rep < (ctx.quick ? 1 : 3); rep++) {
-        logits = await kv.prefill(prompt);
-        kv.resetDecodeTimes();
-        const t0 = performance.now();
-        for (let i = 0; i < steps; i++) logits = await kv.step(argmax(logits));
-        const ms = (performance.now() - t0) / steps;
-        samples.push(ms);
-        const t = kv.decodeTimes;
-        const per = (v: number) => (v / t.steps).toFixed(2);
-        const phases =
-          `${ms.toFixed(2)} ms, ${t.dispatches / t.steps} dispatches: encode ${per(t.encodeMs)} ms, ` +
-          `submit ${per(t.submitMs)} ms, ` +
-          `GPU wait + logits readback ${per(t.waitReadMs)} ms, rest (argmax, JS) ` +
-          `${(ms - (t.encodeMs + t.submitMs + t.waitReadMs) / t.steps).toFixed(2)} ms`;
-        reps.push(phases);
-      }
-      samples.sort((a, b) => a - b);
-      const ms = samples[Math.floor(samples.length / 2)];
-      if (gpu.caps.timestamps) {
-        const next = argmax(logits);
-        const { result, profile } = await profileGpu(gpu, () => kv.step(next));
-        logits = result;
-        console.error(`decode_8b_nf4 on ${gpu.name}, one step profiled:\n${formatProfile(profile, 16)}`);
-      }
-      console.error(`decode_8b_nf4 on ${gpu.name}: ${await roundTrips(gpu)}`);
-      const meanLength = promptLen + (steps + 1) / 2;
-      const bytes = decodeWeightBytes(config, r) + decodeCacheBytes(config, meanLength);
-      const gbps = bytes / (ms * 1e-3) / 1e9;
-      console.error(
-        `decode_8b_nf4 on ${gpu.name}: ${(1000 / ms).toFixed(1)} tokens/s (${ms.toFixed(2)} ms/token), ` +
-          `${(bytes / 2 ** 20).toFixed(1)} MiB read per token, ${gbps.toFixed(0)} GB/s = ` +
-          `${(100 * gbps / copy).toFixed(0)}% of the measured shader copy bandwidth ${
-            copy.toFixed(0)
-          } GB/s ` +
-          `(limit ${(copy * 1e9 / bytes).toFixed(1)} tokens/s); per token, each repetition:\n  ${
-            reps.join("\n  ")
-          }`,
-      );
-      const shape =
-        `L=${config.numLayers} C=${config.hiddenSize} V=${config.vocabSize} nf4 lora r=${r} all7 ` +
-        `cache=${cache} pos=${promptLen}..${promptLen + steps} batch=1 tok/s=${(1000 / ms).toFixed(1)} ` +
-        `copy=${copy.toFixed(0)}GB/s ratio=${(100 * gbps / copy).toFixed(0)}%`;
-      rows.push(gpuRow(gpu, "decode_8b_nf4", shape, ms, { bytes, ref: "copy_bandwidth" }));
-    } finally {
-      kv.destroy();
-      model.destroy();
-    }
+    for (const r of [ctx.quick ? 8 : 64, 0]) rows.push(await benchDecode(gpu, ctx, copy, r));
   }
   return rows;
 }

@@ -10,6 +10,7 @@ struct Params {
   KVH: u32,
   C: u32,
   scale: f32,
+  HW: u32,
 }
 
 override D: u32 = 128u;

@@ -1,12 +1,13 @@
 // Decode attention, pass 1 (split-K, as flash-decoding): one query position per head against a
-// chunk of CHUNK cached positions, for the G = H / KVH query heads that share one kv head, so each
-// cached row of the group is read once.
+// chunk of CHUNK cached positions, for G = p.HW of the H / KVH query heads that share one kv head
+// (all of them, so that each cached row of the group is read once; or fewer, so that a short
+// cache still spreads over more workgroups).
 //   q f16 [H,D]; k, v f16 [Tmax,KVH,D] (the first n rows are valid);
 //   part f32: o [H,C,D] (the chunk's softmax-weighted v, normalized within the chunk), then
 //             lse [H,C] (natural-log sum of exp of the chunk's scaled scores), C = ceil(n / CHUNK);
 //   out f16 [H,D]: with a single chunk (C = 1) its o is the attention output, written here in f16
 //             (what pass 2 would write: its weight exp(lse - lse) is exactly 1), and part is unused.
-// Workgroup (c, g): 128 invocations. Scores: one invocation per cached position, dot products with
+// Workgroup (c, y): query heads y*G .. y*G + G - 1 over chunk c, 128 invocations. Scores: one invocation per cached position, dot products with
 // the G query rows held in workgroup memory. Then per-head max and sum over the chunk, and the
 // weighted sum of v with one invocation per (4 columns, group of positions) for all G heads,
 // reading whole v rows together.
@@ -19,6 +20,7 @@ struct Params {
   KVH: u32,
   C: u32,
   scale: f32,
+  HW: u32, // query heads per workgroup: divides H / KVH
 }
 
 override D: u32 = 128u;
@@ -46,10 +48,10 @@ var<workgroup> Vs: array<vec4<f32>, MAXG * 128u>;
 @compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
   let D4 = D / 4u;
-  let G = p.H / p.KVH;
+  let G = p.HW;
   let c = wg.x;
-  let g = wg.y;
-  let h0 = g * G;
+  let h0 = wg.y * G;
+  let g = h0 / (p.H / p.KVH); // the kv head
   let j0 = c * CHUNK;
 
   for (var i = tid; i < G * D4; i += 128u) {
