@@ -2,8 +2,9 @@
 // no download) and a LoRA adapter r = 64 on all seven projections (applied unmerged, as QLoRA
 // inference runs), KV cache of 128 rows, a 32-token prompt prefilled, then greedy decode steps
 // timed end to end (encode, submit, logits readback, argmax on the CPU). Row decode_8b_nf4: ms per
-// token; row decode_8b_nf4_base: the same model without an adapter (the NF4 base alone). For both, gbps = the bytes one token must read (NF4 codes + absmax codes + nested absmax + dynamic map
-// of every projection, f16 LoRA factors, norms, f16 lm_head, one embedding row, the KV cache rows
+// token; row decode_8b_nf4_base: the same model without an adapter (the NF4 base alone). For both,
+// gbps = the bytes one token must read (NF4 codes + absmax codes + nested absmax + dynamic map of
+// every projection, f16 LoRA factors, norms, f16 lm_head, one embedding row, the KV cache rows
 // attended to) per second of that time, so `compare` relates it to the copy bandwidth of the same
 // device (ref copy_bandwidth): the fraction of the memory-bandwidth limit that decoding reaches. The
 // bench also measures a shader copy itself and prints tokens/s, that ratio (also in the row's shape),
@@ -20,7 +21,7 @@ import { LLAMA31_8B } from "./config.ts";
 import { KvCacheModel } from "./generate.ts";
 import { moduleShape, randomLlama } from "./llama.ts";
 import { argmax } from "./sampling.ts";
-import { ALL_LORA_TARGETS, type LlamaConfig } from "./types.ts";
+import { ALL_LORA_TARGETS, type LlamaConfig, NO_LORA } from "./types.ts";
 
 const TINY: LlamaConfig = {
   ...LLAMA31_8B,
@@ -119,7 +120,7 @@ async function benchDecode(gpu: Gpu, ctx: BenchContext, copy: number, r: number)
   const name = r > 0 ? "decode_8b_nf4" : "decode_8b_nf4_base";
   const lora = r > 0
     ? { r, alpha: r, dropout: 0, targets: [...ALL_LORA_TARGETS], useRslora: false }
-    : { r: 1, alpha: 1, dropout: 0, targets: [], useRslora: false };
+    : NO_LORA;
   const model = await randomLlama(config, 1, { gpus: gpu, lora, baseFormat: "nf4" });
   const kv = await KvCacheModel.create(model, { maxTokens: cache });
   try {

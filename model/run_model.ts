@@ -15,7 +15,7 @@ import { Llama, randomLlama } from "./llama.ts";
 import { loadAdapter, loadAdapterConfig } from "./peft.ts";
 import { BUNDLED_TOKENIZER, embeddedModelConfig } from "./train_run.ts";
 import { configFileLayer, resolveConfig, type TrainingConfig } from "./training_config.ts";
-import type { BaseFormat, LoraConfig } from "./types.ts";
+import { type BaseFormat, NO_LORA } from "./types.ts";
 
 /** Where runs go by default (model/train_run.ts: runs/<UTC timestamp>). */
 export const DEFAULT_RUNS_DIR = "runs";
@@ -103,8 +103,6 @@ export async function findLatestEmbeddedRun(root = DEFAULT_RUNS_DIR): Promise<st
   found.sort((a, b) => b.mtime - a.mtime || b.dir.localeCompare(a.dir));
   return found[0].dir;
 }
-
-const NO_LORA: LoraConfig = { r: 1, alpha: 1, dropout: 0, targets: [], useRslora: false };
 
 /** Builds the model for inference on `gpus` (see the file comment for what comes from where). */
 export async function loadInferenceModel(options: InferenceModelOptions): Promise<InferenceModel> {

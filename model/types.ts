@@ -51,6 +51,9 @@ export interface LoraConfig {
   useRslora: boolean;
 }
 
+/** No adapter: the base model alone (no module gets LoRA factors). */
+export const NO_LORA: LoraConfig = { r: 1, alpha: 1, dropout: 0, targets: [], useRslora: false };
+
 /** How the frozen base linear weights live on the GPU: NF4 (QLoRA) or f16 (LoRA). */
 export type BaseFormat = "nf4" | "f16";
 

@@ -88,7 +88,8 @@ export function decodeAttentionHeadsPerWorkgroup(shape: DecodeAttentionShape): n
   return Math.ceil(shape.n / DECODE_ATTENTION_CHUNK) === 1 ? 1 : shape.H / shape.KVH;
 }
 
-/** Encodes out = softmax(scale q k[0..n)^T) v[0..n) for every query head: two dispatches. */
+/** Encodes out = softmax(scale q k[0..n)^T) v[0..n) for every query head: one dispatch for a cache of
+ * one chunk, two otherwise. */
 export async function decodeAttention(enc: Encoder, args: DecodeAttentionArgs): Promise<void> {
   const why = decodeAttentionUnsupported(enc.gpu.caps, args);
   if (why) {

@@ -10,7 +10,6 @@ struct Params {
   KVH: u32,
   C: u32,
   scale: f32,
-  HW: u32,
 }
 
 override D: u32 = 128u;

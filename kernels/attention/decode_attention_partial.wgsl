@@ -7,8 +7,8 @@
 //             lse [H,C] (natural-log sum of exp of the chunk's scaled scores), C = ceil(n / CHUNK);
 //   out f16 [H,D]: with a single chunk (C = 1) its o is the attention output, written here in f16
 //             (what pass 2 would write: its weight exp(lse - lse) is exactly 1), and part is unused.
-// Workgroup (c, y): query heads y*G .. y*G + G - 1 over chunk c, 128 invocations. Scores: one invocation per cached position, dot products with
-// the G query rows held in workgroup memory. Then per-head max and sum over the chunk, and the
+// Workgroup (c, y): query heads y*G .. y*G + G - 1 over chunk c, 128 invocations. Scores: one
+// invocation per cached position, dot products with the G query rows held in workgroup memory. Then per-head max and sum over the chunk, and the
 // weighted sum of v with one invocation per (4 columns, group of positions) for all G heads,
 // reading whole v rows together.
 // D is a multiple of 4, at most 128; G at most 8.
