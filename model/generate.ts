@@ -27,8 +27,13 @@
 //   per token). Shapes and layouts the fused kernels do not take run the separate kernels (rmsnorm,
 //   rope, swiglu at T = 1), and shapes the matvec kernels do not take (NF4 in % 32 != 0, f16 in % 8
 //   != 0) the general T = 1 kernels.
-// Sampling runs on the CPU (model/sampling.ts) from a seeded Rng. Layers spread over several
-// devices pass the hidden state [C] (or [T, C] in the prefill) through host memory.
+// Greedy decoding on one device (decodeGreedy) ends each step with the argmax of its logits on the
+// GPU (kernels/argmax), written where the next step's embedding reads its id and copied to a small
+// readback slot: up to GREEDY_STEPS_IN_FLIGHT steps are queued, the CPU encoding the next while the
+// GPU runs one, and the ids reach the CPU a step or two late (steps queued after a stop token are
+// dropped). Sampling and the repetition penalty run on the CPU (model/sampling.ts, seeded Rng) from
+// the read-back logits. Layers spread over several devices pass the hidden state [C] (or [T, C] in
+// the prefill) through host memory.
 //
 // LoRA: applied in every linear (base product plus s·(x A^T) B^T), or, for an f16 base with
 // `merge`, folded once into private copies of the base weights: W' = W + s·B·A (f16).
@@ -50,6 +55,7 @@ import { Tape } from "../engine/tape.ts";
 import { Tensor } from "../engine/tensor.ts";
 import { decodeAttention, decodeAttentionWorkspaceBytes } from "../kernels/attention/decode_attention.ts";
 import { residualAdd } from "../kernels/elementwise/elementwise.ts";
+import { argmax, argmaxWorkspaceBytes } from "../kernels/argmax/argmax.ts";
 import { checkEmbeddingIds, embeddingForward } from "../kernels/embedding/embedding.ts";
 import { loraForward } from "../kernels/lora/lora.ts";
 import { matmul } from "../kernels/matmul/matmul.ts";
@@ -144,6 +150,9 @@ const MLP_INPUT: readonly LoraTarget[] = ["gate_proj", "up_proj"];
 /** A decode step submits its dispatches in pieces of about this many (whole layers), so that the
  * GPU runs the first layers while the CPU encodes the later ones. */
 const SUBMIT_AFTER_DISPATCHES = 48;
+/** Greedy decode steps queued on the GPU at once (decodeGreedy): while the GPU runs one, the host
+ * encodes the next; the ids of those after a stop token are computed and dropped. */
+const GREEDY_STEPS_IN_FLIGHT = 3;
 
 /** The T = 1 workspace of one device. */
 interface DeviceState {
@@ -204,6 +213,9 @@ export class KvCacheModel {
   /** f32 [D/2]: the rotary frequencies, for the decoded position's rotation. */
   #invFreq: Float32Array;
   #idBuf!: GPUBuffer;
+  /** Workspace of the greedy steps' argmax, and their id readback slots (i32, mappable). */
+  #argmaxPart!: GPUBuffer;
+  #greedyRead: GPUBuffer[] = [];
   #destroyed = false;
   /** Phase times of every step() so far (reset with resetDecodeTimes). */
   readonly decodeTimes: DecodeTimes = { steps: 0, dispatches: 0, encodeMs: 0, submitMs: 0, waitReadMs: 0 };
@@ -334,6 +346,14 @@ export class KvCacheModel {
       createBuffer(last, cfg.vocabSize * 4, "workspace", "decode.logits_read", MAP_READ_COPY_DST),
     );
     this.#fastHead = matvecUnsupported(last.caps, "f16", { out: cfg.vocabSize, in: C }) === undefined;
+    this.#argmaxPart = this.#keep(
+      createBuffer(last, argmaxWorkspaceBytes(cfg.vocabSize), "workspace", "decode.argmax_part"),
+    );
+    for (let i = 0; i < GREEDY_STEPS_IN_FLIGHT; i++) {
+      this.#greedyRead.push(
+        this.#keep(createBuffer(first, 4, "workspace", `decode.greedy_id${i}`, MAP_READ_COPY_DST)),
+      );
+    }
   }
 
   /** Copies the logits into the mappable buffer (encode before the submit) ... */
@@ -560,10 +580,83 @@ export class KvCacheModel {
   /** Appends one token at position `length`; returns the logits f32 [V] of that position. */
   async step(id: number): Promise<Float32Array> {
     this.#check([id], "decode step");
+    const t0 = await this.#encodeStep(this.#ids.length, id);
+    this.#ids.push(id);
+    const logits = await this.#readLogits();
+    this.decodeTimes.waitReadMs += performance.now() - t0;
+    this.decodeTimes.steps++;
+    return logits;
+  }
+
+  /** Whether decodeGreedy keeps the host ahead of the GPU: the model on one device, where a step's
+   * argmax can feed the next step's embedding without the host. */
+  get pipelinesGreedy(): boolean {
+    return this.#devices.length === 1;
+  }
+
+  /**
+   * Greedy decoding with the host ahead of the GPU: token k + 1 is the argmax of step k's logits,
+   * computed on the GPU and fed to step k + 1 there, so the host encodes the next steps while the GPU
+   * runs this one (up to GREEDY_STEPS_IN_FLIGHT steps queued) and the ids come back to it a step or
+   * two late. `first` (token 0, chosen on the host from the cache's last logits) feeds step 0. Each
+   * later token goes to `accept` in order; false ends the generation there: that token is not
+   * cached, and steps already queued after it are dropped. At most `maxSteps` steps run (each caches
+   * its input token). Returns whether `accept` ended it.
+   */
+  async decodeGreedy(first: number, maxSteps: number, accept: (id: number) => boolean): Promise<boolean> {
+    if (!this.pipelinesGreedy) throw new Error("decodeGreedy: the model spans several devices; use step()");
+    this.#check([first], "greedy decode");
+    const n0 = this.#ids.length;
+    if (!Number.isInteger(maxSteps) || maxSteps < 0 || n0 + maxSteps > this.capacity) {
+      throw new RangeError(
+        `decodeGreedy: ${maxSteps} steps after ${n0} cached tokens exceed the KV cache of ${this.capacity}`,
+      );
+    }
+    const tokens = [first]; // token k feeds step k; all but the last accepted
+    let submitted = 0;
+    let stopped = false;
+    const inFlight: number[] = [];
+    // The cache holds the inputs of the steps that ran and whose input was accepted.
+    const cacheAccepted = () => {
+      const keep = Math.min(tokens.length, submitted);
+      while (this.#ids.length - n0 < keep) this.#ids.push(tokens[this.#ids.length - n0]);
+    };
+    for (;;) {
+      while (!stopped && submitted < maxSteps && inFlight.length < GREEDY_STEPS_IN_FLIGHT) {
+        await this.#encodeStep(
+          n0 + submitted,
+          submitted === 0 ? first : null,
+          submitted % GREEDY_STEPS_IN_FLIGHT,
+        );
+        inFlight.push(submitted++);
+        cacheAccepted();
+      }
+      const k = inFlight.shift();
+      if (k === undefined) break;
+      const t0 = performance.now();
+      const id = await this.#readGreedyId(k % GREEDY_STEPS_IN_FLIGHT);
+      this.decodeTimes.waitReadMs += performance.now() - t0;
+      this.decodeTimes.steps++;
+      if (stopped) continue; // a step queued after the stop
+      if (!accept(id)) {
+        stopped = true;
+        continue;
+      }
+      tokens.push(id);
+      cacheAccepted();
+    }
+    return stopped;
+  }
+
+  /** Encodes and submits the decode step at position `pos`: fed `id`, or with null the id the
+   * previous step's argmax left on the GPU. Its tail copies the logits for #readLogits, or with
+   * `greedySlot` writes their argmax as the next step's input and copies it to that readback slot.
+   * Returns the time after the last submit. */
+  async #encodeStep(pos: number, id: number | null, greedySlot?: number): Promise<number> {
     const cfg = this.config;
     const { hiddenSize: C, numHeads: H, numKvHeads: KVH, headDim: D, rmsNormEps: eps, intermediateSize: I } =
       cfg;
-    const n = this.#ids.length;
+    const n = pos;
     const times = this.decodeTimes;
     let t0 = performance.now();
     for (let d = 0; d < this.#devices.length; d++) {
@@ -571,8 +664,9 @@ export class KvCacheModel {
       const gpu = dev.gpu;
       writeBuffer(gpu, dev.pos, Uint32Array.of(n));
       writeBuffer(gpu, dev.rot, ropeRotation(this.#invFreq, n));
-      if (d === 0) writeBuffer(gpu, this.#idBuf, Int32Array.of(id));
-      else {
+      if (d === 0) {
+        if (id !== null) writeBuffer(gpu, this.#idBuf, Int32Array.of(id));
+      } else {
         const prev = this.#devices[d - 1];
         writeBuffer(gpu, dev.x, new Uint8Array(await readBytes(prev.gpu, prev.x, C * 2)));
       }
@@ -657,7 +751,16 @@ export class KvCacheModel {
       }
       if (d === this.#devices.length - 1) {
         await this.#head(enc, dev);
-        this.#copyLogits(enc);
+        if (greedySlot === undefined) this.#copyLogits(enc);
+        else {
+          await argmax(enc, {
+            values: this.#logits,
+            n: cfg.vocabSize,
+            part: this.#argmaxPart,
+            out: this.#idBuf,
+          });
+          enc.copy(this.#idBuf, 0, this.#greedyRead[greedySlot], 0, 4);
+        }
       }
       const t1 = performance.now();
       times.encodeMs += t1 - t0;
@@ -666,11 +769,19 @@ export class KvCacheModel {
       t0 = performance.now();
       times.submitMs += t0 - t1;
     }
-    this.#ids.push(id);
-    const logits = await this.#readLogits();
-    times.waitReadMs += performance.now() - t0;
-    times.steps++;
-    return logits;
+    return t0;
+  }
+
+  /** The id a greedy step copied to readback slot `slot`. */
+  async #readGreedyId(slot: number): Promise<number> {
+    const buf = this.#greedyRead[slot];
+    await buf.mapAsync(1, /* GPUMapMode.READ */ 0, 4);
+    try {
+      this.#devices[0].gpu.throwIfFailed();
+      return new Int32Array(buf.getMappedRange(0, 4))[0];
+    } finally {
+      buf.unmap();
+    }
   }
 
   /** q, k and v of a layer where matvecQkv does not take them: q into dev.qr, k and v into cache row
@@ -994,6 +1105,34 @@ export async function generateIds(
   const ids: number[] = [];
   let stopReason: StopReason = "max_new_tokens";
   let stopToken: number | null = null;
+  if (!s.doSample && s.repetitionPenalty === 1 && kv.pipelinesGreedy) {
+    // Greedy: after the first token, the argmax runs on the GPU and the host stays ahead of it.
+    const accept = (id: number): boolean => {
+      if (isStopToken(id, stopTokenIds)) {
+        stopReason = "eos";
+        stopToken = id;
+        return false;
+      }
+      ids.push(id);
+      onToken?.(id);
+      return true;
+    };
+    if (accept(sampler.next(logits, context)) && ids.length < s.maxNewTokens) {
+      const steps = Math.min(s.maxNewTokens - 1, kv.capacity - kv.length);
+      const stopped = await kv.decodeGreedy(ids[0], steps, accept);
+      if (!stopped && ids.length < s.maxNewTokens) stopReason = "cache_full";
+    }
+    const t2 = performance.now();
+    return {
+      ids,
+      stopToken,
+      stopReason,
+      promptTokens: prompt.length,
+      prefillMs: t1 - t0,
+      decodeMs: t2 - t1,
+      latencyMs: t2 - t0,
+    };
+  }
   for (;;) {
     const id = sampler.next(logits, context);
     if (isStopToken(id, stopTokenIds)) {

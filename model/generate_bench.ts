@@ -1,14 +1,16 @@
 // Decoding speed at batch 1: an 8B-shaped random model with NF4 base weights (quantized on the GPU,
 // no download) and a LoRA adapter r = 64 on all seven projections (applied unmerged, as QLoRA
-// inference runs), KV cache of 128 rows, a 32-token prompt prefilled, then greedy decode steps
-// timed end to end (encode, submit, logits readback, argmax on the CPU). Row decode_8b_nf4: ms per
+// inference runs), KV cache of 128 rows, a 32-token prompt prefilled, then 24 tokens of greedy
+// decoding as generateIds runs it, timed end to end (the argmax on the GPU feeding the next step, the
+// host encoding a step or two ahead, the ids read back as they come). Row decode_8b_nf4: ms per
 // token; row decode_8b_nf4_base: the same model without an adapter (the NF4 base alone). For both,
 // gbps = the bytes one token must read (NF4 codes + absmax codes + nested absmax + dynamic map of
 // every projection, f16 LoRA factors, norms, f16 lm_head, one embedding row, the KV cache rows
 // attended to) per second of that time, so `compare` relates it to the copy bandwidth of the same
 // device (ref copy_bandwidth): the fraction of the memory-bandwidth limit that decoding reaches. The
 // bench also measures a shader copy itself and prints tokens/s, that ratio (also in the row's shape),
-// and where a step's wall time goes (CPU encoding, submit, waiting for the GPU and reading the logits).
+// where a step's wall time goes on the host (encoding, submit, waiting for the ids), and the same
+// steps with the host in the loop (logits read back and their argmax taken on the CPU each step).
 // Quick: a tiny config, 64-row cache.
 
 import { createBuffer, releaseBuffer } from "../engine/buffers.ts";
@@ -18,7 +20,7 @@ import { timeGpu } from "../engine/timing.ts";
 import { scaleElements } from "../kernels/elementwise/elementwise.ts";
 import { type BenchContext, type BenchRow, gpuRow } from "../bench/harness.ts";
 import { LLAMA31_8B } from "./config.ts";
-import { KvCacheModel } from "./generate.ts";
+import { generateIds, KvCacheModel } from "./generate.ts";
 import { moduleShape, randomLlama } from "./llama.ts";
 import { argmax } from "./sampling.ts";
 import { ALL_LORA_TARGETS, type LlamaConfig, NO_LORA } from "./types.ts";
@@ -125,27 +127,34 @@ async function benchDecode(gpu: Gpu, ctx: BenchContext, copy: number, r: number)
   const kv = await KvCacheModel.create(model, { maxTokens: cache });
   try {
     const prompt = Array.from({ length: promptLen }, (_, i) => (i * 7919 + 3) % config.vocabSize);
-    // Warm-up: pipelines of the prefill and of the decode step, the step's bind groups.
+    // Warm-up: pipelines of the prefill and of both kinds of decode step, the steps' bind groups.
     let logits = await kv.prefill(prompt);
     for (let i = 0; i < 2; i++) logits = await kv.step(argmax(logits));
+    kv.reset();
+    await generateIds(kv, prompt, { maxNewTokens: 3 }, []);
     const samples: number[] = [];
     const reps: string[] = [];
     for (let rep = 0; rep < (ctx.quick ? 1 : 3); rep++) {
-      logits = await kv.prefill(prompt);
+      kv.reset();
       kv.resetDecodeTimes();
-      const t0 = performance.now();
-      for (let i = 0; i < steps; i++) logits = await kv.step(argmax(logits));
-      const ms = (performance.now() - t0) / steps;
+      const r = await generateIds(kv, prompt, { maxNewTokens: steps + 1 }, []);
+      if (r.ids.length !== steps + 1) {
+        throw new Error(`${name}: ${r.ids.length} tokens, expected ${steps + 1}`);
+      }
+      const ms = r.decodeMs / steps;
       samples.push(ms);
       const t = kv.decodeTimes;
       const per = (v: number) => (v / t.steps).toFixed(2);
-      const phases =
+      reps.push(
         `${ms.toFixed(2)} ms, ${t.dispatches / t.steps} dispatches: encode ${per(t.encodeMs)} ms, ` +
-        `submit ${per(t.submitMs)} ms, ` +
-        `GPU wait + logits readback ${per(t.waitReadMs)} ms, rest (argmax, JS) ` +
-        `${(ms - (t.encodeMs + t.submitMs + t.waitReadMs) / t.steps).toFixed(2)} ms`;
-      reps.push(phases);
+          `submit ${per(t.submitMs)} ms, waiting for the ids ${per(t.waitReadMs)} ms`,
+      );
     }
+    // The same steps with the host in the loop (logits read back, argmax on the CPU), for comparison.
+    logits = await kv.prefill(prompt);
+    const t0 = performance.now();
+    for (let i = 0; i < steps; i++) logits = await kv.step(argmax(logits));
+    const hostLoopMs = (performance.now() - t0) / steps;
     samples.sort((a, b) => a - b);
     const ms = samples[Math.floor(samples.length / 2)];
     if (gpu.caps.timestamps) {
@@ -162,9 +171,9 @@ async function benchDecode(gpu: Gpu, ctx: BenchContext, copy: number, r: number)
       `${name} on ${gpu.name}: ${(1000 / ms).toFixed(1)} tokens/s (${ms.toFixed(2)} ms/token), ` +
         `${(bytes / 2 ** 20).toFixed(1)} MiB read per token, ${gbps.toFixed(0)} GB/s = ` +
         `${(100 * gbps / copy).toFixed(0)}% of the measured shader copy bandwidth ${copy.toFixed(0)} GB/s ` +
-        `(limit ${(copy * 1e9 / bytes).toFixed(1)} tokens/s); per token, each repetition:\n  ${
-          reps.join("\n  ")
-        }`,
+        `(limit ${(copy * 1e9 / bytes).toFixed(1)} tokens/s); greedy with the argmax on the GPU, the host ` +
+        `a step or two ahead; per token, each repetition:\n  ${reps.join("\n  ")}\n  with the host in the ` +
+        `loop (logits read back, argmax on the CPU): ${hostLoopMs.toFixed(2)} ms per token`,
     );
     const adapter = r > 0 ? `lora r=${r} all7` : "no adapter";
     const shape = `L=${config.numLayers} C=${config.hiddenSize} V=${config.vocabSize} nf4 ${adapter} ` +

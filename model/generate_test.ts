@@ -89,8 +89,9 @@ for (const [name, cfg, perLayer] of [["", GEN_TINY, 11], [", q, k and v fused", 
   );
 }
 
-/** Greedy decoding and every position's logits against the full forward; a decode step encodes
- * perLayer dispatches per layer on the matvec path (with one attention pass), plus 3. */
+/** Greedy decoding and every position's logits against the full forward; a greedy decode step
+ * encodes perLayer dispatches per layer on the matvec path (with one attention pass), plus 5 (the
+ * embedding, the final norm, the head and the argmax's two passes). */
 async function greedyMatchesFullForward(gpu: Gpu, cfg: LlamaConfig, perLayer: number): Promise<void> {
   const V = cfg.vocabSize;
   const model = await tinyModel(gpu, cfg, "nf4");
@@ -101,7 +102,7 @@ async function greedyMatchesFullForward(gpu: Gpu, cfg: LlamaConfig, perLayer: nu
     const r = await generateIds(kv, prompt, { maxNewTokens: 8 }, [], undefined);
     assert(r.ids.length === 8 && r.stopReason === "max_new_tokens", JSON.stringify(r));
     const t = kv.decodeTimes;
-    const want1 = cfg.numLayers * perLayer + 3;
+    const want1 = cfg.numLayers * perLayer + 5;
     assert(
       t.dispatches === t.steps * want1,
       `${t.dispatches / t.steps} dispatches per step, expected ${want1}`,
@@ -139,6 +140,53 @@ async function greedyMatchesFullForward(gpu: Gpu, cfg: LlamaConfig, perLayer: nu
     model.destroy();
   }
 }
+
+await gpuTest(
+  "generate: greedy with the argmax on the GPU equals step-by-step greedy; a stop drops the queued steps",
+  async (gpu) => {
+    const model = await tinyModel(gpu, GEN_TINY, "nf4", 17);
+    const kv = await KvCacheModel.create(model, { maxTokens: 40 });
+    try {
+      assert(kv.pipelinesGreedy, "one device: greedy decoding should pipeline");
+      const prompt = [1, 9, 80, 81, 82, 3];
+      // Step by step: the host chooses every token from the logits.
+      const want = [argmax(await kv.prefill(prompt))];
+      const logits: Float32Array[] = [];
+      for (let i = 0; i < 10; i++) {
+        logits.push(await kv.step(want.at(-1)!));
+        want.push(argmax(logits.at(-1)!));
+      }
+      // Pipelined, all ten steps.
+      let got: number[] = [];
+      await kv.prefill(prompt);
+      let stopped = await kv.decodeGreedy(want[0], 10, (id) => (got.push(id), true));
+      assert(
+        !stopped && got.join() === want.slice(1).join(),
+        `pipelined ${got}, step by step ${want.slice(1)}`,
+      );
+      assert(kv.tokens.join() === [...prompt, ...want.slice(0, 10)].join(), `cache holds ${kv.tokens}`);
+      // Stopped at the fourth token: steps queued after it are dropped, and the cache holds exactly the
+      // inputs of the steps before, so the next step's logits equal the step-by-step ones.
+      got = [];
+      await kv.prefill(prompt);
+      stopped = await kv.decodeGreedy(want[0], 10, (id) => got.length < 3 && (got.push(id), true));
+      assert(stopped && got.join() === want.slice(1, 4).join(), `stopped run gave ${got}`);
+      assert(
+        kv.tokens.join() === [...prompt, ...want.slice(0, 4)].join(),
+        `after the stop the cache holds ${kv.tokens}`,
+      );
+      const next = await kv.step(want[4]);
+      assert(relativeError(next, logits[4]) === 0, "the step after a stop differs from step-by-step");
+      // No steps: nothing cached, nothing accepted.
+      await kv.prefill(prompt);
+      assert(!(await kv.decodeGreedy(want[0], 0, () => true)) && kv.length === prompt.length);
+      await rejects(() => kv.decodeGreedy(want[0], 35, () => true), /exceed the KV cache of 40/);
+    } finally {
+      kv.destroy();
+      model.destroy();
+    }
+  },
+);
 
 await gpuTest("generate: merged LoRA (f16 base) matches unmerged; stop token and full cache", async (gpu) => {
   const cfg = GEN_TINY;
