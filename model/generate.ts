@@ -1122,33 +1122,24 @@ export async function generateIds(
       const stopped = await kv.decodeGreedy(ids[0], steps, accept);
       if (!stopped && ids.length < s.maxNewTokens) stopReason = "cache_full";
     }
-    const t2 = performance.now();
-    return {
-      ids,
-      stopToken,
-      stopReason,
-      promptTokens: prompt.length,
-      prefillMs: t1 - t0,
-      decodeMs: t2 - t1,
-      latencyMs: t2 - t0,
-    };
-  }
-  for (;;) {
-    const id = sampler.next(logits, context);
-    if (isStopToken(id, stopTokenIds)) {
-      stopReason = "eos";
-      stopToken = id;
-      break;
+  } else {
+    for (;;) {
+      const id = sampler.next(logits, context);
+      if (isStopToken(id, stopTokenIds)) {
+        stopReason = "eos";
+        stopToken = id;
+        break;
+      }
+      ids.push(id);
+      context.push(id);
+      onToken?.(id);
+      if (ids.length >= s.maxNewTokens) break;
+      if (kv.length >= kv.capacity) {
+        stopReason = "cache_full";
+        break;
+      }
+      logits = await kv.step(id);
     }
-    ids.push(id);
-    context.push(id);
-    onToken?.(id);
-    if (ids.length >= s.maxNewTokens) break;
-    if (kv.length >= kv.capacity) {
-      stopReason = "cache_full";
-      break;
-    }
-    logits = await kv.step(id);
   }
   const t2 = performance.now();
   return {
