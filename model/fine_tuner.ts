@@ -445,12 +445,11 @@ export class LLAMAFineTuner {
     }
     const nonFinite = gradsNonFinite || !Number.isFinite(sum.nll);
     const gradNorm = Math.sqrt(sq);
-    let apply = !this.#scaler.update(nonFinite);
-    if (onGpu) {
-      // The GPU applied the step exactly when every gradient was finite (a non-finite loss comes
-      // from non-finite logits, whose gradients are not finite either).
-      apply = !gradsNonFinite;
-    } else if (apply) {
+    const skipped = this.#scaler.update(nonFinite);
+    // With one device the GPU applied the step exactly when every gradient was finite (a non-finite
+    // loss comes from non-finite logits, whose gradients are not finite either).
+    const apply = onGpu ? !gradsNonFinite : !skipped;
+    if (!onGpu && apply) {
       for (const d of this.#devices) {
         // The clip reads the global norm from the device's stats buffer.
         const s = new ArrayBuffer(GRAD_STATS_BYTES);

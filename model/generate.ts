@@ -187,7 +187,8 @@ function bytesPerRow(cfg: LlamaConfig): number {
 }
 
 /** Wall milliseconds of the decode steps so far, by phase: encoding the dispatches (CPU), the submit
- * calls, and waiting for the GPU plus reading the logits back; and the dispatches they encoded. */
+ * calls, and waiting for the GPU plus reading the logits (step) or the ids (decodeGreedy) back; and
+ * the dispatches they encoded. */
 export interface DecodeTimes {
   steps: number;
   dispatches: number;
@@ -217,7 +218,7 @@ export class KvCacheModel {
   #argmaxPart!: GPUBuffer;
   #greedyRead: GPUBuffer[] = [];
   #destroyed = false;
-  /** Phase times of every step() so far (reset with resetDecodeTimes). */
+  /** Phase times of every decode step so far, step() and decodeGreedy (reset with resetDecodeTimes). */
   readonly decodeTimes: DecodeTimes = { steps: 0, dispatches: 0, encodeMs: 0, submitMs: 0, waitReadMs: 0 };
 
   private constructor(
@@ -648,15 +649,14 @@ export class KvCacheModel {
     return stopped;
   }
 
-  /** Encodes and submits the decode step at position `pos`: fed `id`, or with null the id the
+  /** Encodes and submits the decode step at position `n`: fed `id`, or with null the id the
    * previous step's argmax left on the GPU. Its tail copies the logits for #readLogits, or with
    * `greedySlot` writes their argmax as the next step's input and copies it to that readback slot.
    * Returns the time after the last submit. */
-  async #encodeStep(pos: number, id: number | null, greedySlot?: number): Promise<number> {
+  async #encodeStep(n: number, id: number | null, greedySlot?: number): Promise<number> {
     const cfg = this.config;
     const { hiddenSize: C, numHeads: H, numKvHeads: KVH, headDim: D, rmsNormEps: eps, intermediateSize: I } =
       cfg;
-    const n = pos;
     const times = this.decodeTimes;
     let t0 = performance.now();
     for (let d = 0; d < this.#devices.length; d++) {
@@ -1105,40 +1105,32 @@ export async function generateIds(
   const ids: number[] = [];
   let stopReason: StopReason = "max_new_tokens";
   let stopToken: number | null = null;
+  // A chosen token: a stop token ends the generation (and is not part of it), another is kept.
+  const accept = (id: number): boolean => {
+    if (isStopToken(id, stopTokenIds)) {
+      stopReason = "eos";
+      stopToken = id;
+      return false;
+    }
+    ids.push(id);
+    context.push(id);
+    onToken?.(id);
+    return true;
+  };
   if (!s.doSample && s.repetitionPenalty === 1 && kv.pipelinesGreedy) {
     // Greedy: after the first token, the argmax runs on the GPU and the host stays ahead of it.
-    const accept = (id: number): boolean => {
-      if (isStopToken(id, stopTokenIds)) {
-        stopReason = "eos";
-        stopToken = id;
-        return false;
-      }
-      ids.push(id);
-      onToken?.(id);
-      return true;
-    };
     if (accept(sampler.next(logits, context)) && ids.length < s.maxNewTokens) {
       const steps = Math.min(s.maxNewTokens - 1, kv.capacity - kv.length);
       const stopped = await kv.decodeGreedy(ids[0], steps, accept);
       if (!stopped && ids.length < s.maxNewTokens) stopReason = "cache_full";
     }
   } else {
-    for (;;) {
-      const id = sampler.next(logits, context);
-      if (isStopToken(id, stopTokenIds)) {
-        stopReason = "eos";
-        stopToken = id;
-        break;
-      }
-      ids.push(id);
-      context.push(id);
-      onToken?.(id);
-      if (ids.length >= s.maxNewTokens) break;
+    while (accept(sampler.next(logits, context)) && ids.length < s.maxNewTokens) {
       if (kv.length >= kv.capacity) {
         stopReason = "cache_full";
         break;
       }
-      logits = await kv.step(id);
+      logits = await kv.step(ids.at(-1)!);
     }
   }
   const t2 = performance.now();

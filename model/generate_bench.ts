@@ -137,11 +137,11 @@ async function benchDecode(gpu: Gpu, ctx: BenchContext, copy: number, r: number)
     for (let rep = 0; rep < (ctx.quick ? 1 : 3); rep++) {
       kv.reset();
       kv.resetDecodeTimes();
-      const r = await generateIds(kv, prompt, { maxNewTokens: steps + 1 }, []);
-      if (r.ids.length !== steps + 1) {
-        throw new Error(`${name}: ${r.ids.length} tokens, expected ${steps + 1}`);
+      const result = await generateIds(kv, prompt, { maxNewTokens: steps + 1 }, []);
+      if (result.ids.length !== steps + 1) {
+        throw new Error(`${name}: ${result.ids.length} tokens, expected ${steps + 1}`);
       }
-      const ms = r.decodeMs / steps;
+      const ms = result.decodeMs / steps;
       samples.push(ms);
       const t = kv.decodeTimes;
       const per = (v: number) => (v / t.steps).toFixed(2);

@@ -7,6 +7,7 @@
 // Dimension letters: V vocabulary.
 
 import type { Rng } from "../engine/rng.ts";
+import { argmaxRef } from "../kernels/argmax/argmax_ref.ts";
 
 export interface SamplingOptions {
   /** false (or temperature 0): argmax after the repetition penalty. Default true. */
@@ -151,12 +152,9 @@ export class TokenSampler {
   }
 }
 
-/** Index of the largest value (the first one on ties), as torch.argmax. */
-export function argmax(values: ArrayLike<number>): number {
-  let best = 0;
-  for (let i = 1; i < values.length; i++) if (values[i] > values[best]) best = i;
-  return best;
-}
+/** Index of the largest value (the first one on ties), as torch.argmax; the same scan that the GPU
+ * argmax of greedy decoding (kernels/argmax) is tested against. */
+export const argmax: (values: ArrayLike<number>) => number = argmaxRef;
 
 /** Whether `id` ends the generation (Llama-3.1: 128001, 128008, 128009). */
 export function isStopToken(id: number, eosTokenIds: readonly number[]): boolean {

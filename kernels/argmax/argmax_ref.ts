@@ -1,5 +1,10 @@
-// Reference of the argmax kernel: the CPU argmax that greedy decoding uses on the host (the
-// sequential scan from index 0: the first index on ties; a NaN never compares greater, so one at
-// index 0 keeps 0).
+// Reference of the argmax kernel, and the CPU argmax of greedy decoding (model/sampling.ts), so
+// that a token chosen on the GPU and one chosen on the host cannot differ.
 
-export { argmax as argmaxRef } from "../../model/sampling.ts";
+/** Index of the largest value, as torch.argmax on finite values: the sequential scan from index 0,
+ * so the first index on ties; a NaN never compares greater, so one at index 0 keeps 0. */
+export function argmaxRef(values: ArrayLike<number>): number {
+  let best = 0;
+  for (let i = 1; i < values.length; i++) if (values[i] > values[best]) best = i;
+  return best;
+}

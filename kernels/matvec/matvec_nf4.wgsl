@@ -258,6 +258,16 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 // so each rotated pair lies in one team. alpha 1, beta 0.
 @group(0) @binding(9) var<storage, read> rot: array<vec2<f32>>;
 
+// Row slot `slot` of team `team` after its rotary embedding: the row's value and its partner (slot
+// ^ 2, half a head away) rounded to f16 as the unrotated product would be, then rotated by
+// cs = (cos, sin) of their frequency, f32 inside (kernels/rope's rotate-half form).
+fn rotated(team: u32, slot: u32, cs: vec2<f32>) -> f32 {
+  let v = f32(f16(team_total(team, slot)));
+  let partner = f32(f16(team_total(team, slot ^ 2u)));
+  if (slot >= 2u) { return v * cs.x + partner * cs.y; }
+  return v * cs.x - partner * cs.y;
+}
+
 @compute @workgroup_size(WG)
 fn rope(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   load_tables(li);
@@ -275,14 +285,9 @@ fn rope(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
   let t = team0 + li / RPT;
   if (li < teamsPerWg * RPT && t * RPT < p.OUT) {
     let slot = li % RPT;
-    let v = f32(f16(team_total(li / RPT, slot)));
-    let partner = f32(f16(team_total(li / RPT, slot ^ 2u)));
     let i = 2u * (t % quarter) + (slot & 1u);
-    let cs = rot[i];
-    var out = v * cs.x - partner * cs.y;
-    if (slot >= 2u) { out = v * cs.x + partner * cs.y; }
     let row = (t / quarter) * p.D + i + select(0u, p.D / 2u, slot >= 2u);
-    y[p.y_off + row] = {{OUT}}(out);
+    y[p.y_off + row] = {{OUT}}(rotated(li / RPT, slot, rot[i]));
   }
 }
 
@@ -454,11 +459,7 @@ fn qkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li
     if (tp.x == 2u) {
       vc[p.cache_off + row] = f16(total);
     } else {
-      let v = f32(f16(total));
-      let partner = f32(f16(team_total(li / RPT, slot ^ 2u)));
-      let cs = rot[i];
-      var out = v * cs.x - partner * cs.y;
-      if (slot >= 2u) { out = v * cs.x + partner * cs.y; }
+      let out = rotated(li / RPT, slot, rot[i]);
       if (tp.x == 0u) { y[row] = {{OUT}}(out); } else { kc[p.cache_off + row] = f16(out); }
     }
   }
