@@ -86,11 +86,14 @@ fn forward(
   let C4 = p.C / 4u;
   let base = row * C4;
   var xs: array<vec4<f32>, ITEMS>;
+  var ws: array<vec4<f16>, ITEMS>;
   for (var k = 0u; k < ITEMS; k++) {
     let j = lid.x + k * WG;
     xs[k] = vec4<f32>(0.0);
+    ws[k] = vec4<f16>(0.0);
     if (j < C4) {
       xs[k] = vec4<f32>(f_x[base + j]);
+      ws[k] = f_w[j];
     }
   }
   var ss = 0.0;
@@ -105,7 +108,7 @@ fn forward(
   for (var k = 0u; k < ITEMS; k++) {
     let j = lid.x + k * WG;
     if (j < C4) {
-      f_y[base + j] = vec4<f16>(xs[k] * r) * f_w[j];
+      f_y[base + j] = vec4<f16>(xs[k] * r) * ws[k];
     }
   }
   for (var j = lid.x + ITEMS * WG; j < C4; j += WG) {
