@@ -133,7 +133,19 @@ export class Encoder {
       );
     }
     if (x === 0 || y === 0 || z === 0) return;
-    const bindGroup = this.bindGroup(pipeline, params, buffers);
+    this.issue(pipeline, this.bindGroup(pipeline, params, buffers), x, y, z);
+  }
+
+  /** Encodes a dispatch whose bind group is made: into this encoder's pass, or under a profile into
+   * a pass of its own. */
+  protected issue(
+    pipeline: GPUComputePipeline,
+    bindGroup: GPUBindGroup,
+    x: number,
+    y: number,
+    z: number,
+  ): void {
+    if (this.#submitted) throw new Error("Encoder already submitted");
     const profile = this.gpu.profile;
     if (profile) {
       this.#pass?.end();

@@ -14,6 +14,12 @@ interface CachedDispatch {
   bindGroup: GPUBindGroup;
 }
 
+/** One command of a recorded repetition: a dispatch with its slot, bind group, parameters and grid,
+ * or a copy between buffers. */
+export type RecordedCommand =
+  | { dispatch: CachedDispatch; slot: number; params: Uint8Array; groups: [number, number, number] }
+  | { copy: [src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number] };
+
 function sameBindings(a: Binding[], b: Binding[]): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) {
@@ -96,6 +102,9 @@ export class ReplayBindings {
 export class ReplayEncoder extends Encoder {
   readonly #cache: ReplayBindings;
   readonly #first: number;
+  /** When set, every dispatch and copy encoded from here on is appended to it, for replay(). */
+  recording: RecordedCommand[] | undefined;
+  #pending: { dispatch: CachedDispatch; slot: number; params: Uint8Array } | undefined;
 
   /** Dispatches take the slots first, first + 1, ... (work split over several submits continues the
    * numbering of the previous encoder). */
@@ -134,7 +143,53 @@ export class ReplayEncoder extends Encoder {
       hit = { pipeline, buffers: buffers.slice(), bindGroup };
       cache.dispatches[i] = hit;
     }
+    if (this.recording) {
+      this.#pending = {
+        dispatch: hit,
+        slot: i,
+        params: cache.data.slice(i * PARAM_SLOT_BYTES, (i + 1) * PARAM_SLOT_BYTES),
+      };
+    }
     return hit.bindGroup;
+  }
+
+  protected override issue(
+    pipeline: GPUComputePipeline,
+    bindGroup: GPUBindGroup,
+    x: number,
+    y: number,
+    z: number,
+  ): void {
+    const pending = this.#pending;
+    this.#pending = undefined;
+    if (this.recording && pending) this.recording.push({ ...pending, groups: [x, y, z] });
+    super.issue(pipeline, bindGroup, x, y, z);
+  }
+
+  override copy(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number): void {
+    this.recording?.push({ copy: [src, srcOffset, dst, dstOffset, bytes] });
+    super.copy(src, srcOffset, dst, dstOffset, bytes);
+  }
+
+  /** Encodes recorded commands again, without their launchers: each dispatch with its recorded bind
+   * group and parameters, into the slot it was recorded in (so this encoder must start where the
+   * recording's encoder started). Work whose parameters do not change between repetitions only: a
+   * decode step whose kernels read the position from a buffer. */
+  replay(commands: readonly RecordedCommand[]): void {
+    const cache = this.#cache;
+    for (const c of commands) {
+      if ("copy" in c) {
+        this.copy(...c.copy);
+        continue;
+      }
+      const i = this.nextSlot;
+      if (c.slot !== i) throw new Error(`replay: a dispatch recorded in slot ${c.slot} comes at slot ${i}`);
+      cache.slot(i);
+      cache.data.set(c.params, i * PARAM_SLOT_BYTES);
+      cache.dispatches[i] = c.dispatch;
+      this.recording?.push(c);
+      super.issue(c.dispatch.pipeline, c.dispatch.bindGroup, ...c.groups);
+    }
   }
 
   /** The parameters of this encoder's dispatches go to their slots in one write per uniform buffer. */

@@ -49,11 +49,15 @@ import {
 import { Encoder } from "../engine/encoder.ts";
 import type { Gpu } from "../engine/gpu.ts";
 import { add, attention, type Linear, linear, rmsnorm, rope, swiglu } from "../engine/ops.ts";
-import { ReplayBindings, ReplayEncoder } from "../engine/replay_encoder.ts";
+import { type RecordedCommand, ReplayBindings, ReplayEncoder } from "../engine/replay_encoder.ts";
 import { Rng } from "../engine/rng.ts";
 import { Tape } from "../engine/tape.ts";
 import { Tensor } from "../engine/tensor.ts";
-import { decodeAttention, decodeAttentionWorkspaceBytes } from "../kernels/attention/decode_attention.ts";
+import {
+  DECODE_ATTENTION_CHUNK,
+  decodeAttention,
+  decodeAttentionWorkspaceBytes,
+} from "../kernels/attention/decode_attention.ts";
 import { residualAdd } from "../kernels/elementwise/elementwise.ts";
 import { argmax, argmaxWorkspaceBytes } from "../kernels/argmax/argmax.ts";
 import { checkEmbeddingIds, embeddingForward } from "../kernels/embedding/embedding.ts";
@@ -95,6 +99,9 @@ export interface KvCacheOptions {
   maxTokens?: number;
   /** Fold each LoRA adapter into a private f16 copy of its base weight (f16 base only). */
   merge?: boolean;
+  /** Replay recorded decode steps instead of running the launchers for every step, where every
+   * layer's step reads its position from the GPU (true by default). */
+  replaySteps?: boolean;
 }
 
 interface LayerState {
@@ -159,6 +166,8 @@ interface DeviceState {
   gpu: Gpu;
   /** Bind groups and parameter slots of this device's decode step. */
   bindings: ReplayBindings;
+  /** Recorded decode steps (their commands per submit) by replayKey. */
+  recordings: Map<string, RecordedCommand[][]>;
   layers: LayerState[];
   /** f16 [C]: the residual stream of the decoded token. */
   x: GPUBuffer;
@@ -191,6 +200,8 @@ function bytesPerRow(cfg: LlamaConfig): number {
  * the dispatches they encoded. */
 export interface DecodeTimes {
   steps: number;
+  /** Steps whose commands were replayed from a recording (KvCacheOptions.replaySteps). */
+  replayed: number;
   dispatches: number;
   encodeMs: number;
   submitMs: number;
@@ -202,6 +213,8 @@ export class KvCacheModel {
   readonly config: LlamaConfig;
   readonly capacity: number;
   readonly merged: boolean;
+  /** Whether decode steps are recorded and replayed (KvCacheOptions.replaySteps). */
+  readonly replaySteps: boolean;
   #weights: LlamaInferenceWeights;
   #devices: DeviceState[] = [];
   #owned: GPUBuffer[] = [];
@@ -219,18 +232,27 @@ export class KvCacheModel {
   #greedyRead: GPUBuffer[] = [];
   #destroyed = false;
   /** Phase times of every decode step so far, step() and decodeGreedy (reset with resetDecodeTimes). */
-  readonly decodeTimes: DecodeTimes = { steps: 0, dispatches: 0, encodeMs: 0, submitMs: 0, waitReadMs: 0 };
+  readonly decodeTimes: DecodeTimes = {
+    steps: 0,
+    replayed: 0,
+    dispatches: 0,
+    encodeMs: 0,
+    submitMs: 0,
+    waitReadMs: 0,
+  };
 
   private constructor(
     config: LlamaConfig,
     weights: LlamaInferenceWeights,
     capacity: number,
     merged: boolean,
+    replaySteps: boolean,
   ) {
     this.config = config;
     this.#weights = weights;
     this.capacity = capacity;
     this.merged = merged;
+    this.replaySteps = replaySteps;
     this.#invFreq = ropeInvFreq(config.headDim, config.ropeTheta, config.ropeScaling ?? undefined);
   }
 
@@ -253,7 +275,8 @@ export class KvCacheModel {
       );
     }
     const weights = await model.inferenceWeights();
-    const kv = new KvCacheModel(cfg, weights, capacity, merge && model.lora.targets.length > 0);
+    const merged = merge && model.lora.targets.length > 0;
+    const kv = new KvCacheModel(cfg, weights, capacity, merged, options.replaySteps ?? true);
     try {
       await kv.#allocate(merge);
     } catch (e) {
@@ -284,6 +307,7 @@ export class KvCacheModel {
         dev = {
           gpu,
           bindings: new ReplayBindings(gpu, "decode"),
+          recordings: new Map(),
           layers: [],
           x: f16(C, "decode.x"),
           h: f16(C, "decode.h"),
@@ -481,7 +505,14 @@ export class KvCacheModel {
   }
 
   resetDecodeTimes(): void {
-    Object.assign(this.decodeTimes, { steps: 0, dispatches: 0, encodeMs: 0, submitMs: 0, waitReadMs: 0 });
+    Object.assign(this.decodeTimes, {
+      steps: 0,
+      replayed: 0,
+      dispatches: 0,
+      encodeMs: 0,
+      submitMs: 0,
+      waitReadMs: 0,
+    });
   }
 
   /** Forgets the cached tokens (the buffers stay). */
@@ -652,7 +683,10 @@ export class KvCacheModel {
   /** Encodes and submits the decode step at position `n`: fed `id`, or with null the id the
    * previous step's argmax left on the GPU. Its tail copies the logits for #readLogits, or with
    * `greedySlot` writes their argmax as the next step's input and copies it to that readback slot.
-   * Returns the time after the last submit. */
+   * Where every layer reads the position from the GPU (q, k and v in one pass), the first step of
+   * each kind (chunks of the cache that attention spans, logits or argmax) is recorded and later
+   * steps of that kind replay its commands without the launchers. Returns the time after the last
+   * submit. */
   async #encodeStep(n: number, id: number | null, greedySlot?: number): Promise<number> {
     const cfg = this.config;
     const { hiddenSize: C, numHeads: H, numKvHeads: KVH, headDim: D, rmsNormEps: eps, intermediateSize: I } =
@@ -670,7 +704,32 @@ export class KvCacheModel {
         const prev = this.#devices[d - 1];
         writeBuffer(gpu, dev.x, new Uint8Array(await readBytes(prev.gpu, prev.x, C * 2)));
       }
+      const last = d === this.#devices.length - 1;
+      const replayable = this.replaySteps && dev.layers.every((l) => l.fusedQkv);
+      const key = `${Math.ceil((n + 1) / DECODE_ATTENTION_CHUNK)} ${last && greedySlot !== undefined}`;
+      const recorded = replayable ? dev.recordings.get(key) : undefined;
+      if (recorded) {
+        if (d === 0) times.replayed++;
+        let first = 0;
+        for (let s = 0; s < recorded.length; s++) {
+          const enc = new ReplayEncoder(dev.bindings, `decode step ${n}`, first);
+          enc.replay(recorded[s]);
+          if (s === recorded.length - 1 && last && greedySlot !== undefined) {
+            enc.copy(this.#idBuf, 0, this.#greedyRead[greedySlot], 0, 4);
+          }
+          first = enc.nextSlot;
+          const t1 = performance.now();
+          times.encodeMs += t1 - t0;
+          times.dispatches += enc.dispatches;
+          await enc.submit();
+          t0 = performance.now();
+          times.submitMs += t0 - t1;
+        }
+        continue;
+      }
+      const segments: RecordedCommand[][] = [[]];
       let enc = new ReplayEncoder(dev.bindings, `decode step ${n}`, 0);
+      enc.recording = segments[0];
       if (d === 0) {
         await embeddingForward(enc, {
           table: this.#weights.embed,
@@ -698,7 +757,8 @@ export class KvCacheModel {
             y: dev.qr,
             kCache: layer.k,
             vCache: layer.v,
-            cacheOffset: n * KVH * D,
+            cacheRows: this.capacity,
+            position: dev.pos,
           });
         } else {
           await this.#qkvApart(enc, dev, layer, attnU, n);
@@ -709,6 +769,7 @@ export class KvCacheModel {
           v: layer.v,
           out: dev.o,
           part: dev.part,
+          position: dev.pos,
           n: n + 1,
           H,
           KVH,
@@ -747,9 +808,10 @@ export class KvCacheModel {
           t0 = performance.now();
           times.submitMs += t0 - t1;
           enc = new ReplayEncoder(dev.bindings, `decode step ${n}`, enc.nextSlot);
+          segments.push(enc.recording = []);
         }
       }
-      if (d === this.#devices.length - 1) {
+      if (last) {
         await this.#head(enc, dev);
         if (greedySlot === undefined) this.#copyLogits(enc);
         else {
@@ -759,6 +821,7 @@ export class KvCacheModel {
             part: this.#argmaxPart,
             out: this.#idBuf,
           });
+          enc.recording = undefined; // the readback slot differs from step to step
           enc.copy(this.#idBuf, 0, this.#greedyRead[greedySlot], 0, 4);
         }
       }
@@ -768,6 +831,7 @@ export class KvCacheModel {
       await enc.submit();
       t0 = performance.now();
       times.submitMs += t0 - t1;
+      if (replayable) dev.recordings.set(key, segments);
     }
     return t0;
   }

@@ -188,6 +188,46 @@ await gpuTest(
   },
 );
 
+await gpuTest(
+  "generate: replayed decode steps equal steps encoded by the launchers, across a chunk of the cache",
+  async (gpu) => {
+    const model = await tinyModel(gpu, GEN_QKV, "nf4", 23);
+    const replayed = await KvCacheModel.create(model, { maxTokens: 160 });
+    const encoded = await KvCacheModel.create(model, { maxTokens: 160, replaySteps: false });
+    try {
+      // 120 prompt tokens, then steps at positions 120 .. 139: attention spans one chunk of 128
+      // cached rows, then two (a second recording), so replays run at positions that differ from
+      // the recorded ones and on both kinds.
+      const rng = new Rng(3);
+      const prompt = Array.from({ length: 120 }, () => 3 + Math.floor(rng.next() * 250));
+      let a = await replayed.prefill(prompt);
+      let b = await encoded.prefill(prompt);
+      for (let i = 0; i < 20; i++) {
+        assert(relativeError(a, b) === 0, `step ${i}: replayed logits differ from the launchers'`);
+        const id = argmax(b);
+        [a, b] = [await replayed.step(id), await encoded.step(id)];
+      }
+      assert(relativeError(a, b) === 0, "last step: replayed logits differ from the launchers'");
+      const t = replayed.decodeTimes;
+      assert(t.steps === 20 && t.replayed === 18, `${t.replayed} of ${t.steps} steps replayed, expected 18`);
+      assert(encoded.decodeTimes.replayed === 0, "replaySteps: false still replayed");
+      // Greedy with the argmax on the GPU: its own recordings, the readback slot outside them.
+      const first = argmax(await replayed.prefill(prompt));
+      await encoded.prefill(prompt);
+      const got: number[] = [];
+      const want: number[] = [];
+      await replayed.decodeGreedy(first, 12, (id) => (got.push(id), true));
+      await encoded.decodeGreedy(first, 12, (id) => (want.push(id), true));
+      assert(got.join() === want.join(), `replayed greedy ${got}, launchers ${want}`);
+      assert(replayed.tokens.join() === encoded.tokens.join(), "the caches hold different tokens");
+    } finally {
+      replayed.destroy();
+      encoded.destroy();
+      model.destroy();
+    }
+  },
+);
+
 await gpuTest("generate: merged LoRA (f16 base) matches unmerged; stop token and full cache", async (gpu) => {
   const cfg = GEN_TINY;
   const model = await tinyModel(gpu, cfg, "f16", 9);

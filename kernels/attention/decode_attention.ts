@@ -11,6 +11,8 @@
 //   k, v  f16 [Tmax,KVH,D]  the cache; rows n.. are never read
 //   out   f16 [H,D]         softmax(scale q·k[0..n)) v[0..n)
 //   part  f32 workspace     decodeAttentionWorkspaceBytes(H, D, n) bytes: o [H,C,D] then lse [H,C]
+//   position u32 [1]        n - 1 (the query's position), read when the GPU runs the dispatch: a
+//                           recorded dispatch serves every n with the same C
 // Query head h uses kv head floor(h / (H / KVH)); scale is 1/sqrt(D) by default.
 
 import { type Binding, bindingBytes, type Encoder } from "../../engine/encoder.ts";
@@ -26,10 +28,15 @@ export const DECODE_ATTENTION_CHUNK = 128;
 /** Largest head dim and largest number of query heads per kv head of the kernels. */
 export const DECODE_ATTENTION_MAX_D = 128;
 export const DECODE_ATTENTION_MAX_GROUP = 8;
-const WORKGROUP_BYTES = 8 * 32 * 16 + 8 * 128 * 4 + 8 * 16 * 4 + 16 * 4;
+// Pass 1's workgroup memory: q rows, scores, partial sums, reductions (decode_attention_partial.wgsl).
+const WORKGROUP_BYTES = 8 * 32 * 16 + 8 * 128 * 4 + 1024 * 16 + 8 * 16 * 4 + 16 * 4;
+/** Invocations of a pass-1 workgroup and the vec4 slots of its partial sums. */
+const PARTIAL_INVOCATIONS = 256;
+const PARTIAL_SLOTS = 1024;
 
 export interface DecodeAttentionShape {
-  /** Valid cache rows, 1 <= n <= Tmax. */
+  /** Valid cache rows, 1 <= n <= Tmax; the dispatch's grid is made for ceil(n / 128) chunks, and
+   * `position` must hold n - 1, or another n - 1 with the same number of chunks, when it runs. */
   n: number;
   H: number;
   KVH: number;
@@ -46,6 +53,8 @@ export interface DecodeAttentionArgs extends DecodeAttentionShape {
   out: Binding;
   /** Workspace of at least decodeAttentionWorkspaceBytes(H, D, n) bytes. */
   part: Binding;
+  /** u32 [1]: n - 1, read when the dispatch runs. */
+  position: Binding;
 }
 
 /** Workspace bytes for a cache of n rows (size it once with n = Tmax). */
@@ -68,8 +77,8 @@ export function decodeAttentionUnsupported(
   if (H / KVH > DECODE_ATTENTION_MAX_GROUP) {
     return `H / KVH = ${H / KVH} query heads per kv head; at most ${DECODE_ATTENTION_MAX_GROUP}`;
   }
-  if (D % 4 !== 0 || D > DECODE_ATTENTION_MAX_D) {
-    return `head dim D = ${D} must be a multiple of 4 and at most ${DECODE_ATTENTION_MAX_D}`;
+  if (D % 16 !== 0 || D > DECODE_ATTENTION_MAX_D) {
+    return `head dim D = ${D} must be a multiple of 16 and at most ${DECODE_ATTENTION_MAX_D}`;
   }
   if (n * KVH * D >= 2 ** 32) return `n*KVH*D = ${n * KVH * D} overflows the kernels' 32-bit indices`;
   if (WORKGROUP_BYTES > caps.limits.maxComputeWorkgroupStorageSize) {
@@ -81,9 +90,8 @@ export function decodeAttentionUnsupported(
 
 /** Query heads per pass-1 workgroup: all H / KVH heads of a kv head (each cached row read once
  * per chunk) when the cache has several chunks; one head for a cache of one chunk, whose KVH
- * workgroups would otherwise leave most of the GPU idle (a workgroup's time there is latency: H100,
- * n = 120, 8B shape: 28-36 us with 8 workgroups, 25-28 us with 32). The outputs are the same bits
- * either way. */
+ * workgroups would otherwise leave most of the GPU idle (a workgroup's time there is latency). The
+ * outputs are the same bits either way. */
 export function decodeAttentionHeadsPerWorkgroup(shape: DecodeAttentionShape): number {
   return Math.ceil(shape.n / DECODE_ATTENTION_CHUNK) === 1 ? 1 : shape.H / shape.KVH;
 }
@@ -105,13 +113,19 @@ export async function decodeAttention(enc: Encoder, args: DecodeAttentionArgs): 
     );
   }
   const heads = decodeAttentionHeadsPerWorkgroup(args);
-  const buf = new ArrayBuffer(24);
-  new Uint32Array(buf, 0, 4).set([args.n, args.H, args.KVH, C]);
-  new Float32Array(buf, 16, 1)[0] = args.scale ?? 1 / Math.sqrt(args.D);
-  new Uint32Array(buf, 20, 1)[0] = heads;
+  if (bindingBytes(args.position) < 4) throw new Error(`decode attention: position has no u32`);
+  const buf = new ArrayBuffer(16);
+  new Uint32Array(buf, 0, 3).set([args.H, args.KVH, C]);
+  new Float32Array(buf, 12, 1)[0] = args.scale ?? 1 / Math.sqrt(args.D);
   const params = new Uint8Array(buf);
-  const partial = await enc.gpu.pipelines.get({ shader: PARTIAL, constants: { D: args.D } });
-  enc.dispatch(partial, params, [args.q, args.k, args.v, args.part, args.out], [C, args.H / heads]);
+  // Position groups of the weighted sum of v: as many as the invocations allow, within the slots.
+  const D4 = args.D / 4;
+  const PG = Math.min(Math.floor(PARTIAL_INVOCATIONS / D4), Math.floor(PARTIAL_SLOTS / (heads * D4)));
+  const partial = await enc.gpu.pipelines.get({ shader: PARTIAL, constants: { D: args.D, G: heads, PG } });
+  enc.dispatch(partial, params, [args.q, args.k, args.v, args.part, args.out, args.position], [
+    C,
+    args.H / heads,
+  ]);
   if (C === 1) return;
   const combine = await enc.gpu.pipelines.get({ shader: COMBINE, constants: { D: args.D } });
   enc.dispatch(combine, params, [args.part, args.out], [args.H]);

@@ -3,7 +3,7 @@
 // against the float64 reference. Bytes counted: the cache rows read (k and v, n*KVH*D f16 each);
 // the query, output and workspace are a few hundred KiB at most.
 
-import { createBuffer, readAs, releaseBuffer, roundToF16, uploadF16 } from "../../engine/buffers.ts";
+import { createBuffer, readAs, releaseBuffer, roundToF16, upload, uploadF16 } from "../../engine/buffers.ts";
 import { Encoder } from "../../engine/encoder.ts";
 import type { Gpu } from "../../engine/gpu.ts";
 import { relativeError, Rng } from "../../engine/testing.ts";
@@ -39,6 +39,7 @@ async function benchShape(gpu: Gpu, s: DecodeAttentionShape, quick: boolean): Pr
       v: keep(uploadF16(gpu, v)),
       out: keep(createBuffer(gpu, s.H * s.D * 2, "workspace")),
       part: keep(createBuffer(gpu, decodeAttentionWorkspaceBytes(s.H, s.D, s.n), "workspace")),
+      position: keep(upload(gpu, Uint32Array.of(s.n - 1))),
     };
     const t = await timeGpu(gpu, (enc) => decodeAttention(enc, args), {
       warmup: 2,

@@ -5,7 +5,6 @@
 enable f16;
 
 struct Params {
-  n: u32,
   H: u32,
   KVH: u32,
   C: u32,

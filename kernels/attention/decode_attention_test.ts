@@ -1,4 +1,4 @@
-import { createBuffer, poison, readAs, roundToF16, uploadF16 } from "../../engine/buffers.ts";
+import { createBuffer, poison, readAs, roundToF16, upload, uploadF16 } from "../../engine/buffers.ts";
 import { Encoder } from "../../engine/encoder.ts";
 import { assertClose, gpuTest, rms, Rng, testSeed } from "../../engine/testing.ts";
 import {
@@ -73,6 +73,7 @@ await gpuTest("decode attention matches the float64 reference on ragged cache le
         v: keep(uploadF16(gpu, v)),
         out,
         part,
+        position: keep(upload(gpu, Uint32Array.of(n - 1))),
       });
       await enc.submit();
       const got = await readAs(gpu, out, "f16", H * D);
@@ -93,7 +94,18 @@ await gpuTest("decode attention refuses bad shapes and a small workspace", async
     const enc = new Encoder(gpu);
     let message = "";
     try {
-      await decodeAttention(enc, { n: 4, H: 4, KVH: 1, D: 64, q: x, k: x, v: x, out: x, part: small });
+      await decodeAttention(enc, {
+        n: 4,
+        H: 4,
+        KVH: 1,
+        D: 64,
+        q: x,
+        k: x,
+        v: x,
+        out: x,
+        part: small,
+        position: x,
+      });
     } catch (e) {
       message = (e as Error).message;
     }

@@ -475,10 +475,13 @@ export interface MatvecQkvArgs {
   rotation: Binding;
   /** f16 [q rows]: q rotated. */
   y: Binding;
-  /** f16 caches: k rotated and v from element cacheOffset on. */
+  /** f16 caches [cacheRows, k rows]: k rotated and v into row position[0]. */
   kCache: Binding;
   vCache: Binding;
-  cacheOffset: number;
+  cacheRows: number;
+  /** u32 [1]: the position, read when the dispatch runs (a recorded dispatch serves every
+   * position); at cacheRows or beyond nothing is written to the caches. */
+  position: Binding;
 }
 
 /** Encodes q, k and v of one position (matvec_nf4.wgsl's `qkv`): one dispatch where `matvec` with
@@ -503,9 +506,10 @@ export async function matvecQkv(enc: Encoder, args: MatvecQkvArgs): Promise<void
   need("x", args.x, inDim * 2);
   need("rotation", args.rotation, D * 4);
   need("y", args.y, qRows * 2);
-  const cacheOffset = wholeOffset(where, "cacheOffset", args.cacheOffset);
-  need("kCache", args.kCache, (cacheOffset + kvRows) * 2);
-  need("vCache", args.vCache, (cacheOffset + kvRows) * 2);
+  const cacheRows = wholeOffset(where, "cacheRows", args.cacheRows);
+  need("kCache", args.kCache, cacheRows * kvRows * 2);
+  need("vCache", args.vCache, cacheRows * kvRows * 2);
+  need("position", args.position, 4);
   const xOffsets = [q, k, v].map((p, i) => {
     if (p.lora && !lora) throw new RangeError(`${where}: ${"qkv"[i]} has LoRA; pass lora`);
     return wholeOffset(where, `${"qkv"[i]}.lora.xOffset`, p.lora?.xOffset);
@@ -521,7 +525,7 @@ export async function matvecQkv(enc: Encoder, args: MatvecQkvArgs): Promise<void
   const f32 = new Float32Array(params);
   u32.set([qRows, inDim, K2, g[0]]);
   f32.set([1, q.lora?.alpha ?? 0, 0], 4);
-  u32.set([0, xOffsets[0], 0, D, kvRows, xOffsets[1], xOffsets[2], cacheOffset], 7);
+  u32.set([0, xOffsets[0], 0, D, kvRows, xOffsets[1], xOffsets[2], cacheRows], 7);
   f32.set([k.lora?.alpha ?? 0, v.lora?.alpha ?? 0], 15);
   // Without LoRA the B and x2 bindings take x (read-only, never read).
   enc.dispatch(pipeline, new Uint8Array(params), [
@@ -538,5 +542,6 @@ export async function matvecQkv(enc: Encoder, args: MatvecQkvArgs): Promise<void
     v.w.codes,
     args.kCache,
     args.vCache,
+    args.position,
   ], g);
 }

@@ -22,8 +22,10 @@
 // Entry `qkv`: the q, k and v projections of an attention layer at one position in one pass, q and
 // k with their rotary embedding (as `rope`), k and v into their KV-cache rows:
 //   q rows 0 .. OUT-1        -> y[row], rotated
-//   k rows 0 .. kv_rows-1    -> kc[cache_off + row], rotated
-//   v rows 0 .. kv_rows-1    -> vc[cache_off + row]
+//   k rows 0 .. kv_rows-1    -> kc[pos * kv_rows + row], rotated
+//   v rows 0 .. kv_rows-1    -> vc[pos * kv_rows + row]
+// where pos = position[0], read when the dispatch runs (so one recorded dispatch serves every
+// position), and nothing is written to the caches when pos >= cache_rows.
 // each value computed by the operations, in the order, of `rope` (q, k) or `main` (v) for its
 // projection alone (the same bits where the compiler contracts alike). The projections keep
 // their code words (codes, codes_k, codes_v); absq holds their absmax codes one after another in
@@ -59,7 +61,7 @@ struct Params {
   kv_rows: u32, // qkv: rows of k and of v (each); OUT is q's
   x2_off_k: u32, // qkv: elements of x2 before k's and v's LoRA inputs (x2_off: q's)
   x2_off_v: u32,
-  cache_off: u32, // qkv: elements of the k and v caches before this position's row
+  cache_rows: u32, // qkv: rows of the k and v caches
   alpha2_k: f32, // qkv: LoRA scales of k and v (alpha2: q's)
   alpha2_v: f32,
 }
@@ -365,6 +367,7 @@ fn swiglu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
 @group(0) @binding(11) var<storage, read> codes_v: array<vec4<u32>>;
 @group(0) @binding(12) var<storage, read_write> kc: array<f16>;
 @group(0) @binding(13) var<storage, read_write> vc: array<f16>;
+@group(0) @binding(14) var<storage, read> position: array<u32>;
 
 // qkv: the three dynamic maps and the three mean offsets.
 var<workgroup> dyn3: array<f32, 771>;
@@ -456,11 +459,14 @@ fn qkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li
     let i = 2u * (tp.y % quarter) + (slot & 1u);
     let row = (tp.y / quarter) * p.D + i + select(0u, half, slot >= 2u);
     let total = team_total(li / RPT, slot);
+    let pos = position[0];
+    let cached = pos < p.cache_rows;
+    let at = pos * p.kv_rows + row;
     if (tp.x == 2u) {
-      vc[p.cache_off + row] = f16(total);
+      if (cached) { vc[at] = f16(total); }
     } else {
       let out = rotated(li / RPT, slot, rot[i]);
-      if (tp.x == 0u) { y[row] = {{OUT}}(out); } else { kc[p.cache_off + row] = f16(out); }
+      if (tp.x == 0u) { y[row] = {{OUT}}(out); } else if (cached) { kc[at] = f16(out); }
     }
   }
 }

@@ -422,20 +422,21 @@ interface QkvCase {
   /** LoRA rank (0: none) and which of q, k, v have it. */
   K2: number;
   lora: [boolean, boolean, boolean];
-  /** Elements of the KV caches before the position's row. */
-  cacheOffset: number;
+  /** The KV caches' row that the position writes. */
+  cacheRow: number;
 }
 
 const QKV_CASES: QkvCase[] = [
   // LoRA on q and v only (k's rows of the stacked B are zero), teams of 32 spanning two projections.
-  { heads: 4, kvHeads: 2, D: 64, in: 256, K2: 5, lora: [true, false, true], cacheOffset: 3 * 128 },
+  { heads: 4, kvHeads: 2, D: 64, in: 256, K2: 5, lora: [true, false, true], cacheRow: 3 },
   // The 8B row length and head size, LoRA of rank 64 on all three.
-  { heads: 4, kvHeads: 1, D: 128, in: 4096, K2: 64, lora: [true, true, true], cacheOffset: 128 * 7 },
-  { heads: 2, kvHeads: 1, D: 128, in: 1024, K2: 0, lora: [false, false, false], cacheOffset: 0 },
+  { heads: 4, kvHeads: 1, D: 128, in: 4096, K2: 64, lora: [true, true, true], cacheRow: 7 },
+  { heads: 2, kvHeads: 1, D: 128, in: 1024, K2: 0, lora: [false, false, false], cacheRow: 0 },
 ];
 
 /** q, k and v in one pass against float64 (q and k rotated), and within one f16 step of the three
- * separate products it replaces; nothing outside the outputs written. */
+ * separate products it replaces; nothing outside the outputs written, and nothing into the caches
+ * for a position past them. */
 async function runQkvCase(gpu: Gpu, c: QkvCase, seed: number): Promise<void> {
   const rng = new Rng(seed);
   const position = Math.floor(rng.next() * 131072);
@@ -461,12 +462,13 @@ async function runQkvCase(gpu: Gpu, c: QkvCase, seed: number): Promise<void> {
     const ub = keep(uploadF16(gpu, u));
     const tables = await stackQkvTables(gpu, ws[0], ws[1], ws[2], "matvec qkv test");
     owned.push(tables.absmaxCodes, tables.scales, tables.maps);
-    const outs = rows.map((r, i) =>
-      keep(createBuffer(gpu, ((i ? c.cacheOffset : 0) + r + 4) * 2, "workspace"))
-    );
-    const sep = rows.map((r, i) =>
-      keep(createBuffer(gpu, ((i ? c.cacheOffset : 0) + r + 4) * 2, "workspace"))
-    );
+    // The caches hold rows 0 .. cacheRow + 1; 4 more elements show stray writes past them.
+    const cacheRows = c.cacheRow + 2;
+    const offsets = rows.map((r, i) => i ? c.cacheRow * r : 0);
+    const sizes = rows.map((r, i) => (i ? cacheRows * r : r) + 4);
+    const outs = sizes.map((n) => keep(createBuffer(gpu, n * 2, "workspace")));
+    const sep = sizes.map((n) => keep(createBuffer(gpu, n * 2, "workspace")));
+    const positionAt = (row: number) => keep(upload(gpu, Uint32Array.of(row)));
     for (const b of [...outs, ...sep]) poison(gpu, b, "f16");
     const proj = (i: number) => ({
       w: ws[i],
@@ -486,7 +488,8 @@ async function runQkvCase(gpu: Gpu, c: QkvCase, seed: number): Promise<void> {
       y: outs[0],
       kCache: outs[1],
       vCache: outs[2],
-      cacheOffset: c.cacheOffset,
+      cacheRows,
+      position: positionAt(c.cacheRow),
     });
     for (let i = 0; i < 3; i++) {
       await matvec(enc, {
@@ -496,7 +499,7 @@ async function runQkvCase(gpu: Gpu, c: QkvCase, seed: number): Promise<void> {
         K2: c.lora[i] ? c.K2 : undefined,
         x: xb,
         y: sep[i],
-        yOffset: i ? c.cacheOffset : 0,
+        yOffset: offsets[i],
         yType: "f16",
         second: c.lora[i]
           ? { w: keep(uploadF16(gpu, bs[i])), x: ub, alpha: scales[i], xOffset: xOffsets[i] }
@@ -507,8 +510,8 @@ async function runQkvCase(gpu: Gpu, c: QkvCase, seed: number): Promise<void> {
     await enc.submit();
     for (let i = 0; i < 3; i++) {
       const name = "qkv"[i];
-      const off = i ? c.cacheOffset : 0;
-      const all = await readAs(gpu, outs[i], "f16", off + rows[i] + 4);
+      const off = offsets[i];
+      const all = await readAs(gpu, outs[i], "f16", sizes[i]);
       for (let e = 0; e < all.length; e++) {
         if ((e < off || e >= off + rows[i]) && !Number.isNaN(all[e])) {
           throw new Error(`${label}: element ${e} of ${name}'s output lies outside it and was written`);
@@ -538,6 +541,32 @@ async function runQkvCase(gpu: Gpu, c: QkvCase, seed: number): Promise<void> {
       }));
       const want = i < 2 ? ropeRef(plain, [position], invFreq, 1, rows[i] / c.D, c.D) : Array.from(plain);
       assertClose(got, want, { atol: 2e-3 * rms(want), rtol: 3e-3, label: `${label} ${name}` });
+    }
+    // At position cacheRows (past the caches) q is still written, the caches are left alone.
+    for (const b of outs) poison(gpu, b, "f16");
+    const past = new Encoder(gpu, { label: "matvec qkv test, past the caches" });
+    await matvecQkv(past, {
+      in: c.in,
+      headDim: c.D,
+      q: proj(0),
+      k: proj(1),
+      v: proj(2),
+      tables,
+      x: xb,
+      lora: c.K2 > 0 ? { K2: c.K2, b: keep(uploadF16(gpu, stacked)), x: ub } : undefined,
+      rotation,
+      y: outs[0],
+      kCache: outs[1],
+      vCache: outs[2],
+      cacheRows,
+      position: positionAt(cacheRows),
+    });
+    await past.submit();
+    const q = Array.from(await readAs(gpu, outs[0], "f16", rows[0]));
+    assert(q.every((e) => !Number.isNaN(e)), `${label}: q not written at a position past the caches`);
+    for (const i of [1, 2]) {
+      const cache = Array.from(await readAs(gpu, outs[i], "f16", sizes[i]));
+      assert(cache.every(Number.isNaN), `${label}: ${"qkv"[i]} written into the caches at row ${cacheRows}`);
     }
   } finally {
     ws.forEach((w) => nf4Release(w));
