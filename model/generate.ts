@@ -208,6 +208,10 @@ export interface DecodeTimes {
   waitReadMs: number;
 }
 
+function zeroDecodeTimes(): DecodeTimes {
+  return { steps: 0, replayed: 0, dispatches: 0, encodeMs: 0, submitMs: 0, waitReadMs: 0 };
+}
+
 /** A Llama with per-layer KV caches: prefill a prompt, then one token per step. */
 export class KvCacheModel {
   readonly config: LlamaConfig;
@@ -232,14 +236,7 @@ export class KvCacheModel {
   #greedyRead: GPUBuffer[] = [];
   #destroyed = false;
   /** Phase times of every decode step so far, step() and decodeGreedy (reset with resetDecodeTimes). */
-  readonly decodeTimes: DecodeTimes = {
-    steps: 0,
-    replayed: 0,
-    dispatches: 0,
-    encodeMs: 0,
-    submitMs: 0,
-    waitReadMs: 0,
-  };
+  readonly decodeTimes: DecodeTimes = zeroDecodeTimes();
 
   private constructor(
     config: LlamaConfig,
@@ -505,14 +502,7 @@ export class KvCacheModel {
   }
 
   resetDecodeTimes(): void {
-    Object.assign(this.decodeTimes, {
-      steps: 0,
-      replayed: 0,
-      dispatches: 0,
-      encodeMs: 0,
-      submitMs: 0,
-      waitReadMs: 0,
-    });
+    Object.assign(this.decodeTimes, zeroDecodeTimes());
   }
 
   /** Forgets the cached tokens (the buffers stay). */
@@ -693,6 +683,15 @@ export class KvCacheModel {
       cfg;
     const times = this.decodeTimes;
     let t0 = performance.now();
+    // Submits an encoder, its encoding time (since t0) and submit time counted in decodeTimes.
+    const submitTimed = async (enc: Encoder) => {
+      const t1 = performance.now();
+      times.encodeMs += t1 - t0;
+      times.dispatches += enc.dispatches;
+      await enc.submit();
+      t0 = performance.now();
+      times.submitMs += t0 - t1;
+    };
     for (let d = 0; d < this.#devices.length; d++) {
       const dev = this.#devices[d];
       const gpu = dev.gpu;
@@ -718,12 +717,7 @@ export class KvCacheModel {
             enc.copy(this.#idBuf, 0, this.#greedyRead[greedySlot], 0, 4);
           }
           first = enc.nextSlot;
-          const t1 = performance.now();
-          times.encodeMs += t1 - t0;
-          times.dispatches += enc.dispatches;
-          await enc.submit();
-          t0 = performance.now();
-          times.submitMs += t0 - t1;
+          await submitTimed(enc);
         }
         continue;
       }
@@ -801,12 +795,7 @@ export class KvCacheModel {
         await linear1(enc, p.down_proj, f.down_proj, dev.sw, dev.c, dev.u, dev.x);
         if (enc.dispatches >= SUBMIT_AFTER_DISPATCHES) {
           // The GPU starts on these layers while the CPU encodes the next ones.
-          const t1 = performance.now();
-          times.encodeMs += t1 - t0;
-          times.dispatches += enc.dispatches;
-          await enc.submit();
-          t0 = performance.now();
-          times.submitMs += t0 - t1;
+          await submitTimed(enc);
           enc = new ReplayEncoder(dev.bindings, `decode step ${n}`, enc.nextSlot);
           segments.push(enc.recording = []);
         }
@@ -825,12 +814,7 @@ export class KvCacheModel {
           enc.copy(this.#idBuf, 0, this.#greedyRead[greedySlot], 0, 4);
         }
       }
-      const t1 = performance.now();
-      times.encodeMs += t1 - t0;
-      times.dispatches += enc.dispatches;
-      await enc.submit();
-      t0 = performance.now();
-      times.submitMs += t0 - t1;
+      await submitTimed(enc);
       if (replayable) dev.recordings.set(key, segments);
     }
     return t0;

@@ -113,7 +113,10 @@ export async function decodeAttention(enc: Encoder, args: DecodeAttentionArgs): 
     );
   }
   const heads = decodeAttentionHeadsPerWorkgroup(args);
-  if (bindingBytes(args.position) < 4) throw new Error(`decode attention: position has no u32`);
+  const positionBytes = bindingBytes(args.position);
+  if (positionBytes < 4) {
+    throw new Error(`decode attention: position has ${positionBytes} bytes; it must hold n - 1 as a u32`);
+  }
   const buf = new ArrayBuffer(16);
   new Uint32Array(buf, 0, 3).set([args.H, args.KVH, C]);
   new Float32Array(buf, 12, 1)[0] = args.scale ?? 1 / Math.sqrt(args.D);

@@ -474,8 +474,7 @@ async function runQkvCase(gpu: Gpu, c: QkvCase, seed: number): Promise<void> {
       w: ws[i],
       lora: c.lora[i] ? { alpha: scales[i], xOffset: xOffsets[i] } : undefined,
     });
-    const enc = new Encoder(gpu, { label: "matvec qkv test" });
-    await matvecQkv(enc, {
+    const args = {
       in: c.in,
       headDim: c.D,
       q: proj(0),
@@ -489,8 +488,9 @@ async function runQkvCase(gpu: Gpu, c: QkvCase, seed: number): Promise<void> {
       kCache: outs[1],
       vCache: outs[2],
       cacheRows,
-      position: positionAt(c.cacheRow),
-    });
+    };
+    const enc = new Encoder(gpu, { label: "matvec qkv test" });
+    await matvecQkv(enc, { ...args, position: positionAt(c.cacheRow) });
     for (let i = 0; i < 3; i++) {
       await matvec(enc, {
         w: { kind: "nf4", w: ws[i] },
@@ -545,22 +545,7 @@ async function runQkvCase(gpu: Gpu, c: QkvCase, seed: number): Promise<void> {
     // At position cacheRows (past the caches) q is still written, the caches are left alone.
     for (const b of outs) poison(gpu, b, "f16");
     const past = new Encoder(gpu, { label: "matvec qkv test, past the caches" });
-    await matvecQkv(past, {
-      in: c.in,
-      headDim: c.D,
-      q: proj(0),
-      k: proj(1),
-      v: proj(2),
-      tables,
-      x: xb,
-      lora: c.K2 > 0 ? { K2: c.K2, b: keep(uploadF16(gpu, stacked)), x: ub } : undefined,
-      rotation,
-      y: outs[0],
-      kCache: outs[1],
-      vCache: outs[2],
-      cacheRows,
-      position: positionAt(cacheRows),
-    });
+    await matvecQkv(past, { ...args, position: positionAt(cacheRows) });
     await past.submit();
     const q = Array.from(await readAs(gpu, outs[0], "f16", rows[0]));
     assert(q.every((e) => !Number.isNaN(e)), `${label}: q not written at a position past the caches`);
