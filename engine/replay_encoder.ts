@@ -104,7 +104,6 @@ export class ReplayEncoder extends Encoder {
   readonly #first: number;
   /** When set, every dispatch and copy encoded from here on is appended to it, for replay(). */
   recording: RecordedCommand[] | undefined;
-  #pending: { dispatch: CachedDispatch; slot: number; params: Uint8Array } | undefined;
 
   /** Dispatches take the slots first, first + 1, ... (work split over several submits continues the
    * numbering of the previous encoder). */
@@ -143,13 +142,6 @@ export class ReplayEncoder extends Encoder {
       hit = { pipeline, buffers: buffers.slice(), bindGroup };
       cache.dispatches[i] = hit;
     }
-    if (this.recording) {
-      this.#pending = {
-        dispatch: hit,
-        slot: i,
-        params: cache.data.slice(i * PARAM_SLOT_BYTES, (i + 1) * PARAM_SLOT_BYTES),
-      };
-    }
     return hit.bindGroup;
   }
 
@@ -160,9 +152,17 @@ export class ReplayEncoder extends Encoder {
     y: number,
     z: number,
   ): void {
-    const pending = this.#pending;
-    this.#pending = undefined;
-    if (this.recording && pending) this.recording.push({ ...pending, groups: [x, y, z] });
+    if (this.recording) {
+      // The slot's bind group and parameters, as bindGroup() or replay() just left them.
+      const i = this.nextSlot;
+      const cache = this.#cache;
+      this.recording.push({
+        dispatch: cache.dispatches[i]!,
+        slot: i,
+        params: cache.data.slice(i * PARAM_SLOT_BYTES, (i + 1) * PARAM_SLOT_BYTES),
+        groups: [x, y, z],
+      });
+    }
     super.issue(pipeline, bindGroup, x, y, z);
   }
 
@@ -187,8 +187,7 @@ export class ReplayEncoder extends Encoder {
       cache.slot(i);
       cache.data.set(c.params, i * PARAM_SLOT_BYTES);
       cache.dispatches[i] = c.dispatch;
-      this.recording?.push(c);
-      super.issue(c.dispatch.pipeline, c.dispatch.bindGroup, ...c.groups);
+      this.issue(c.dispatch.pipeline, c.dispatch.bindGroup, ...c.groups);
     }
   }
 

@@ -166,7 +166,7 @@ interface DeviceState {
   gpu: Gpu;
   /** Bind groups and parameter slots of this device's decode step. */
   bindings: ReplayBindings;
-  /** Recorded decode steps (their commands per submit) by replayKey. */
+  /** Recorded decode steps (their commands per submit) by kind: attention chunks, argmax tail. */
   recordings: Map<string, RecordedCommand[][]>;
   layers: LayerState[];
   /** f16 [C]: the residual stream of the decoded token. */
@@ -707,23 +707,31 @@ export class KvCacheModel {
       const replayable = this.replaySteps && dev.layers.every((l) => l.fusedQkv);
       const key = `${Math.ceil((n + 1) / DECODE_ATTENTION_CHUNK)} ${last && greedySlot !== undefined}`;
       const recorded = replayable ? dev.recordings.get(key) : undefined;
+      // The step's last submit: a greedy step's id copied to its readback slot (not recorded: the
+      // slot differs from step to step).
+      const finish = async (enc: ReplayEncoder) => {
+        if (last && greedySlot !== undefined) {
+          enc.recording = undefined;
+          enc.copy(this.#idBuf, 0, this.#greedyRead[greedySlot], 0, 4);
+        }
+        await submitTimed(enc);
+      };
       if (recorded) {
         if (d === 0) times.replayed++;
-        let first = 0;
+        let enc = new ReplayEncoder(dev.bindings, `decode step ${n}`, 0);
         for (let s = 0; s < recorded.length; s++) {
-          const enc = new ReplayEncoder(dev.bindings, `decode step ${n}`, first);
-          enc.replay(recorded[s]);
-          if (s === recorded.length - 1 && last && greedySlot !== undefined) {
-            enc.copy(this.#idBuf, 0, this.#greedyRead[greedySlot], 0, 4);
+          if (s > 0) {
+            await submitTimed(enc);
+            enc = new ReplayEncoder(dev.bindings, `decode step ${n}`, enc.nextSlot);
           }
-          first = enc.nextSlot;
-          await submitTimed(enc);
+          enc.replay(recorded[s]);
         }
+        await finish(enc);
         continue;
       }
-      const segments: RecordedCommand[][] = [[]];
+      const segments: RecordedCommand[][] | undefined = replayable ? [[]] : undefined;
       let enc = new ReplayEncoder(dev.bindings, `decode step ${n}`, 0);
-      enc.recording = segments[0];
+      enc.recording = segments?.[0];
       if (d === 0) {
         await embeddingForward(enc, {
           table: this.#weights.embed,
@@ -797,7 +805,7 @@ export class KvCacheModel {
           // The GPU starts on these layers while the CPU encodes the next ones.
           await submitTimed(enc);
           enc = new ReplayEncoder(dev.bindings, `decode step ${n}`, enc.nextSlot);
-          segments.push(enc.recording = []);
+          if (segments) segments.push(enc.recording = []);
         }
       }
       if (last) {
@@ -810,12 +818,10 @@ export class KvCacheModel {
             part: this.#argmaxPart,
             out: this.#idBuf,
           });
-          enc.recording = undefined; // the readback slot differs from step to step
-          enc.copy(this.#idBuf, 0, this.#greedyRead[greedySlot], 0, 4);
         }
       }
-      await submitTimed(enc);
-      if (replayable) dev.recordings.set(key, segments);
+      await finish(enc);
+      if (segments) dev.recordings.set(key, segments);
     }
     return t0;
   }
