@@ -15,9 +15,10 @@
 // step; x comes from global memory (it is small and cached). Products of few rows (LoRA's A·x, R
 // rows) take up to 256 lanes per row (f16Lanes), so that they still fill the GPU.
 // NF4 weights: a team of nf4Team(in) threads per 4 consecutive rows; each thread keeps its 64-element
-// slices of x in registers (as f32) across the 4 rows, issues the 8 code-word loads of the 4 rows
-// before the arithmetic, and decodes codes through a 16-entry table in workgroup memory (see
-// matvec_nf4.wgsl).
+// slices of x in registers (as f16 pairs) across the 4 rows, issues the 8 code-word loads of the 4
+// rows before the arithmetic, and multiplies two codes at a time in packed f16 through a table of
+// code bytes in workgroup memory, summing four products in f16 before the f32 sums (see
+// matvec_nf4.wgsl for the rounding and why nothing overflows).
 // Fused forms for decoding, each saving dispatches (on an H100/H200 a dependent dispatch that spans
 // the GPU costs about 8-10 us beyond its memory traffic, and the host about 10-15 us to encode and
 // submit it): `matvec` with `rope` rotates the heads of a q or k projection at one position in the
@@ -37,7 +38,7 @@ import { type Binding, bindingBytes, Encoder, workgroupGrid } from "../../engine
 import { createBuffer } from "../../engine/buffers.ts";
 import type { Capabilities, Gpu } from "../../engine/gpu.ts";
 import type { Shader } from "../../engine/pipeline.ts";
-import { NF4_CODEBOOK_WGSL, type Nf4Weight } from "../nf4/nf4.ts";
+import { NF4_F16_WGSL, type Nf4Weight } from "../nf4/nf4.ts";
 import { nf4Counts } from "../nf4/nf4_ref.ts";
 import nf4Code from "./matvec_nf4.wgsl" with { type: "text" };
 import f16Code from "./matvec_f16.wgsl" with { type: "text" };
@@ -46,7 +47,7 @@ import f16NormCode from "./matvec_f16_norm.wgsl" with { type: "text" };
 
 const SHADERS: Record<MatvecWeight["kind"], Partial<Record<MatvecVariant, Shader>>> = {
   nf4: {
-    workgroup: { file: "kernels/matvec/matvec_nf4.wgsl", code: nf4Code + NF4_CODEBOOK_WGSL },
+    workgroup: { file: "kernels/matvec/matvec_nf4.wgsl", code: nf4Code + NF4_F16_WGSL },
   },
   f16: {
     // Both f16 variants share the folded RMSNorm (declarations may follow their use in WGSL).
@@ -267,7 +268,7 @@ export async function matvec(enc: Encoder, args: MatvecArgs): Promise<void> {
   const pipeline = await enc.gpu.pipelines.get({
     shader: SHADERS[w.kind][variant]!,
     entry: rope ? "rope" : norm ? "normed" : "main",
-    substitutions: { OUT: args.yType },
+    substitutions: w.kind === "nf4" ? { OUT: args.yType, F16_PAIR: f16Pair(enc.gpu) } : { OUT: args.yType },
     constants,
   });
   const g = workgroupGrid(enc.gpu.caps, Math.ceil(out / matvecRowsPerWorkgroup(w.kind, out, inDim)));
@@ -305,12 +306,18 @@ export function matvecBytes(
   return weight + inDim * 2 + K2 * (out + 1) * 2 + y;
 }
 
+/** The NF4 kernels' view of a u32 as an f16 pair (matvec_nf4.wgsl's f16_pair): a bitcast, which
+ * Deno's WGSL compiler mistypes, so that backend goes through unpack2x16float (the same value). */
+function f16Pair(gpu: Gpu): string {
+  return gpu.caps.backend === "deno" ? "vec2<f16>(unpack2x16float(u))" : "bitcast<vec2<f16>>(u)";
+}
+
 /** The NF4 kernel's entry `entry` with f16 output and teams of `team` threads. */
 function nf4F16Pipeline(enc: Encoder, entry: string, team: number): Promise<GPUComputePipeline> {
   return enc.gpu.pipelines.get({
     shader: SHADERS.nf4.workgroup!,
     entry,
-    substitutions: { OUT: "f16" },
+    substitutions: { OUT: "f16", F16_PAIR: f16Pair(enc.gpu) },
     constants: { TEAM: team },
   });
 }

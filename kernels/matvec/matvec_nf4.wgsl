@@ -8,14 +8,20 @@
 //
 // Work split: a team of TEAM threads (a power of two, 32..256) computes RPT = 4 consecutive rows;
 // 256 / TEAM teams per workgroup. Thread t of a team owns the word pairs (2q, 2q + 1) of every row
-// for q = t, t + TEAM, ...: it converts those 64 elements of x to f32 once and keeps them in
-// registers for its 4 rows, issues the 8 code-word loads of the 4 rows (32 contiguous bytes per row,
+// for q = t, t + TEAM, ...: it reads those 64 elements of x once (as f16 pairs, divided by 4) and
+// keeps them in registers for its 4 rows, issues the 8 code-word loads of the 4 rows (32 contiguous bytes per row,
 // so a team reads whole contiguous spans of each row) before the arithmetic, and computes the block
-// scale once per pair where IN % 64 == 0 (both words in one block). Codes decode through a 16-entry
-// f32 table in workgroup memory (distinct entries sit in distinct banks: no bank conflicts), the
-// absmax codes through the dynamic map in workgroup memory. f32 partial sums of the 4 rows as one
-// vec4, reduced through workgroup memory: a tree within each 32 invocations, then the team's
-// TEAM / 32 sums in order.
+// scale once per pair where IN % 64 == 0 (both words in one block). Products in packed f16: each
+// code byte (two codes) decodes through a 256-entry table of f16 pairs in workgroup memory (the
+// codebook rounded to f16, NF4_F16), multiplies the matching pair of x in one vec2<f16> operation,
+// and four such products are summed in f16 before the f32 sums. x enters divided by 4 (exact but
+// for f16 subnormals) and the block scale is multiplied by 4 (exact), so no sum of four products
+// can overflow f16 for any finite x: |code| <= 1. Rounding: each product and partial sum to f16
+// (relative 2^-11 of the terms, the precision of an f16-dequantized weight), which halves the
+// instructions per weight against f32 products (H100 decode step: bench/NOTES.md). The absmax codes
+// decode through the dynamic map in workgroup memory. f32 partial sums of the 4 rows as one vec4,
+// reduced through workgroup memory: a tree within each 32 invocations, then the team's TEAM / 32
+// sums in order.
 // Rows past OUT load row OUT - 1 and are never written; every
 // load is in bounds. beta 0 never reads y.
 //
@@ -88,65 +94,71 @@ override TEAM: u32 = 64u;
 const WG = 256u;
 const RPT = 4u;
 
-// NF4 (array<u32, 16>, the codebook's f32 bit patterns) is appended by the launcher (NF4_CODEBOOK_WGSL).
+// NF4_F16 (array<f16, 16>, the codebook rounded to f16) is appended by the launcher (NF4_F16_WGSL).
 
-var<workgroup> lut: array<f32, 16>;
+// Code byte -> (value of its high nibble, value of its low nibble): element 2k of a row (the high
+// nibble) meets x's element 2k.
+var<workgroup> lut2: array<vec2<f16>, 256>;
 var<workgroup> dyn: array<f32, 256>;
 var<workgroup> dyn_u: array<f32, 256>; // swiglu: the up projection's map
 // One vec4 (the 4 rows) per invocation; swiglu: the up rows in red_u.
 var<workgroup> red: array<vec4<f32>, WG>;
 var<workgroup> red_u: array<vec4<f32>, WG>;
 
-// 32 elements of x as f32.
+// An f16 pair held in a u32 (the low half first). {{F16_PAIR}} is `bitcast<vec2<f16>>(u)`, or
+// the same value through unpack2x16float on Deno's WebGPU, whose WGSL compiler (naga) types a
+// bitcast to vec2<f16> as f32. The bitcast matters: x read as vec4<f16> instead of vec4<u32>
+// words made the H100's decode step 0.46 ms slower (bench/NOTES.md).
+fn f16_pair(u: u32) -> vec2<f16> {
+  return {{F16_PAIR}};
+}
+
+// Eight elements of x, divided by 4, as four f16 pairs (element 2k in the low half of pair k).
+struct X8 {
+  a: vec2<f16>,
+  b: vec2<f16>,
+  c: vec2<f16>,
+  d: vec2<f16>,
+}
+
+fn quarter(u: vec4<u32>) -> X8 {
+  let q = vec2<f16>(0.25h);
+  return X8(f16_pair(u.x) * q, f16_pair(u.y) * q, f16_pair(u.z) * q, f16_pair(u.w) * q);
+}
+
+// 32 elements of x, divided by 4.
 struct X32 {
-  a: vec4<f32>,
-  b: vec4<f32>,
-  c: vec4<f32>,
-  d: vec4<f32>,
-  e: vec4<f32>,
-  f: vec4<f32>,
-  g: vec4<f32>,
-  h: vec4<f32>,
+  p0: X8,
+  p1: X8,
+  p2: X8,
+  p3: X8,
 }
 
-fn half4(u: u32, v: u32) -> vec4<f32> {
-  return vec4<f32>(unpack2x16float(u), unpack2x16float(v));
-}
-
-// x elements 32w .. 32w + 31.
+// x elements 32w .. 32w + 31, divided by 4.
 fn load_x(w: u32) -> X32 {
   let i = 4u * w;
-  let p0 = x[i];
-  let p1 = x[i + 1u];
-  let p2 = x[i + 2u];
-  let p3 = x[i + 3u];
-  return X32(
-    half4(p0.x, p0.y), half4(p0.z, p0.w), half4(p1.x, p1.y), half4(p1.z, p1.w),
-    half4(p2.x, p2.y), half4(p2.z, p2.w), half4(p3.x, p3.y), half4(p3.z, p3.w),
-  );
+  return X32(quarter(x[i]), quarter(x[i + 1u]), quarter(x[i + 2u]), quarter(x[i + 3u]));
 }
 
-// Eight codes of one u32 (element 2k in the high nibble of byte k) times eight values of x.
-fn dot8(c: u32, a: vec4<f32>, b: vec4<f32>) -> f32 {
-  var s = lut[(c >> 4u) & 15u] * a.x;
-  s = fma(lut[c & 15u], a.y, s);
-  s = fma(lut[(c >> 12u) & 15u], a.z, s);
-  s = fma(lut[(c >> 8u) & 15u], a.w, s);
-  s = fma(lut[(c >> 20u) & 15u], b.x, s);
-  s = fma(lut[(c >> 16u) & 15u], b.y, s);
-  s = fma(lut[(c >> 28u) & 15u], b.z, s);
-  s = fma(lut[(c >> 24u) & 15u], b.w, s);
-  return s;
+// Eight codes of one u32 (byte k: elements 2k, 2k + 1) times eight elements of x: f16 products,
+// each half summing four, then f32.
+fn dot8(c: u32, v: X8) -> f32 {
+  var s = lut2[c & 255u] * v.a;
+  s = fma(lut2[(c >> 8u) & 255u], v.b, s);
+  s = fma(lut2[(c >> 16u) & 255u], v.c, s);
+  s = fma(lut2[c >> 24u], v.d, s);
+  return f32(s.x) + f32(s.y);
 }
 
-// One code word (32 codes) against 32 elements of x, without the block scale.
+// One code word (32 codes) against 32 elements of x / 4, without the block scale.
 fn dot32(c: vec4<u32>, v: X32) -> f32 {
-  return (dot8(c.x, v.a, v.b) + dot8(c.y, v.c, v.d)) + (dot8(c.z, v.e, v.f) + dot8(c.w, v.g, v.h));
+  return (dot8(c.x, v.p0) + dot8(c.y, v.p1)) + (dot8(c.z, v.p2) + dot8(c.w, v.p3));
 }
 
+// The block scale times 4 (x enters divided by 4).
 fn absmax(blk: u32) -> f32 {
   let q = (absq[blk >> 2u] >> ((blk & 3u) * 8u)) & 0xffu;
-  return dyn[q] * nested[1u + (blk >> 8u)] + nested[0];
+  return 4.0 * (dyn[q] * nested[1u + (blk >> 8u)] + nested[0]);
 }
 
 fn absmax4(blk: vec4<u32>) -> vec4<f32> {
@@ -155,7 +167,7 @@ fn absmax4(blk: vec4<u32>) -> vec4<f32> {
 
 fn absmax_u(blk: u32) -> f32 {
   let q = (absq_u[blk >> 2u] >> ((blk & 3u) * 8u)) & 0xffu;
-  return dyn_u[q] * nested_u[1u + (blk >> 8u)] + nested_u[0];
+  return 4.0 * (dyn_u[q] * nested_u[1u + (blk >> 8u)] + nested_u[0]);
 }
 
 fn absmax4_u(blk: vec4<u32>) -> vec4<f32> {
@@ -205,9 +217,14 @@ fn rows4(r: vec4<u32>, t: u32) -> vec4<f32> {
   return acc;
 }
 
-// Codebook and dynamic map into workgroup memory (call first, from uniform control flow).
+// Code byte li's f16 pair (needs WG == 256).
+fn fill_pairs(li: u32) {
+  lut2[li] = vec2<f16>(NF4_F16[li >> 4u], NF4_F16[li & 15u]);
+}
+
+// Code-byte table and dynamic map into workgroup memory (call first, from uniform control flow).
 fn load_tables(li: u32) {
-  if (li < 16u) { lut[li] = bitcast<f32>(NF4[li]); }
+  fill_pairs(li);
   dyn[li] = dynmap[li];
   workgroupBarrier();
 }
@@ -382,7 +399,7 @@ fn qkv_word(proj: u32, i: u32) -> vec4<u32> {
 // Absmax of block `blk` (counted over the three projections' rows) of projection `proj`.
 fn qkv_absmax(proj: u32, blk: u32) -> f32 {
   let q = (absq[blk >> 2u] >> ((blk & 3u) * 8u)) & 0xffu;
-  return dyn3[proj * 256u + q] * nested[blk >> 8u] + dyn3[768u + proj];
+  return 4.0 * (dyn3[proj * 256u + q] * nested[blk >> 8u] + dyn3[768u + proj]);
 }
 
 // rows4 for rows r of projection `proj`, whose row 0 is row `first` of the three: the same
@@ -436,7 +453,7 @@ fn qkv_team(t: u32) -> vec3<u32> {
 
 @compute @workgroup_size(WG)
 fn qkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  if (li < 16u) { lut[li] = bitcast<f32>(NF4[li]); }
+  fill_pairs(li);
   for (var i = li; i < 771u; i += WG) { dyn3[i] = dynmap[i]; }
   workgroupBarrier();
   let teamsPerWg = WG / TEAM;

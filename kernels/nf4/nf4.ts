@@ -29,7 +29,14 @@
 // The exact quantization rules (rounding, ties, zero blocks, the fixed-order absmax sum) are in
 // nf4_ref.ts, which the GPU quantizer matches bit for bit.
 
-import { createBuffer, deviceWorkspace, readU32, releaseBuffer, upload } from "../../engine/buffers.ts";
+import {
+  createBuffer,
+  deviceWorkspace,
+  readU32,
+  releaseBuffer,
+  roundToF16,
+  upload,
+} from "../../engine/buffers.ts";
 import { type Binding, bindingBytes, Encoder, workgroupGrid } from "../../engine/encoder.ts";
 import type { Capabilities, Gpu } from "../../engine/gpu.ts";
 import { readF32 } from "../../engine/buffers.ts";
@@ -57,6 +64,11 @@ const QUANTIZE_ABSMAX = { file: "kernels/nf4/nf4_quantize_absmax.wgsl", code: qu
 export const NF4_CODEBOOK_WGSL = `\nconst NF4 = array<u32, 16>(${
   [...new Uint32Array(NF4_CODEBOOK.buffer, NF4_CODEBOOK.byteOffset, 16)]
     .map((b) => `0x${b.toString(16).padStart(8, "0")}u`).join(", ")
+});\n`;
+/** The WGSL constant `NF4_F16` (array<f16, 16>: the codebook rounded to f16, to nearest even, as
+ * exact decimal literals), for kernels that multiply codes in f16. */
+export const NF4_F16_WGSL = `\nconst NF4_F16 = array<f16, 16>(${
+  [...roundToF16(NF4_CODEBOOK)].map((v) => `${v}h`).join(", ")
 });\n`;
 const TILED = { file: "kernels/nf4/nf4_matmul_tiled.wgsl", code: tiledCode + NF4_CODEBOOK_WGSL };
 const SUBGROUP_MATRIX = {
