@@ -262,15 +262,14 @@ export async function matvec(enc: Encoder, args: MatvecArgs): Promise<void> {
     need("norm.w", norm.w, inDim * 2);
     need("norm.h", norm.h, inDim * 2);
   }
-  const constants: Record<string, number> = w.kind === "nf4"
-    ? { TEAM: nf4Team(inDim) }
-    : { LANES: f16Lanes(out, inDim), ...(norm ? { NORMED: 1, HV: inDim / 4 } : {}) };
-  const pipeline = await enc.gpu.pipelines.get({
-    shader: SHADERS[w.kind][variant]!,
-    entry: rope ? "rope" : norm ? "normed" : "main",
-    substitutions: w.kind === "nf4" ? { OUT: args.yType, F16_PAIR: f16Pair(enc.gpu) } : { OUT: args.yType },
-    constants,
-  });
+  const pipeline = w.kind === "nf4"
+    ? await nf4Pipeline(enc, rope ? "rope" : "main", nf4Team(inDim), args.yType)
+    : await enc.gpu.pipelines.get({
+      shader: SHADERS.f16[variant]!,
+      entry: norm ? "normed" : "main",
+      substitutions: { OUT: args.yType },
+      constants: { LANES: f16Lanes(out, inDim), ...(norm ? { NORMED: 1, HV: inDim / 4 } : {}) },
+    });
   const g = workgroupGrid(enc.gpu.caps, Math.ceil(out / matvecRowsPerWorkgroup(w.kind, out, inDim)));
   const params = new ArrayBuffer(PARAM_BYTES);
   new Uint32Array(params, 0, 4).set([out, inDim, K2, g[0]]);
@@ -306,18 +305,20 @@ export function matvecBytes(
   return weight + inDim * 2 + K2 * (out + 1) * 2 + y;
 }
 
-/** The NF4 kernels' view of a u32 as an f16 pair (matvec_nf4.wgsl's f16_pair): a bitcast, which
- * Deno's WGSL compiler mistypes, so that backend goes through unpack2x16float (the same value). */
-function f16Pair(gpu: Gpu): string {
-  return gpu.caps.backend === "deno" ? "vec2<f16>(unpack2x16float(u))" : "bitcast<vec2<f16>>(u)";
-}
-
-/** The NF4 kernel's entry `entry` with f16 output and teams of `team` threads. */
-function nf4F16Pipeline(enc: Encoder, entry: string, team: number): Promise<GPUComputePipeline> {
+/** The NF4 kernel's entry `entry` with `yType` output and teams of `team` threads. Its view of a u32
+ * as an f16 pair (matvec_nf4.wgsl's f16_pair) is a bitcast, which Deno's WGSL compiler mistypes, so
+ * that backend goes through unpack2x16float (the same value). */
+function nf4Pipeline(
+  enc: Encoder,
+  entry: string,
+  team: number,
+  yType: "f16" | "f32" = "f16",
+): Promise<GPUComputePipeline> {
+  const f16Pair = enc.gpu.caps.backend === "deno" ? "vec2<f16>(unpack2x16float(u))" : "bitcast<vec2<f16>>(u)";
   return enc.gpu.pipelines.get({
     shader: SHADERS.nf4.workgroup!,
     entry,
-    substitutions: { OUT: "f16", F16_PAIR: f16Pair(enc.gpu) },
+    substitutions: { OUT: yType, F16_PAIR: f16Pair },
     constants: { TEAM: team },
   });
 }
@@ -365,7 +366,7 @@ export async function matvecSwiglu(enc: Encoder, args: MatvecSwigluArgs): Promis
     }
   }
   const team = nf4SwigluTeam(inDim);
-  const pipeline = await nf4F16Pipeline(enc, "swiglu", team);
+  const pipeline = await nf4Pipeline(enc, "swiglu", team);
   const g = workgroupGrid(enc.gpu.caps, Math.ceil(out / ((256 / team) * NF4_ROWS_PER_TEAM)));
   const params = new ArrayBuffer(PARAM_BYTES);
   new Uint32Array(params, 0, 4).set([out, inDim, K2, g[0]]);
@@ -525,7 +526,7 @@ export async function matvecQkv(enc: Encoder, args: MatvecQkvArgs): Promise<void
     need("lora.b", lora.b, rows * K2 * 2);
     need("lora.x", lora.x, (Math.max(...xOffsets) + K2) * 2);
   }
-  const pipeline = await nf4F16Pipeline(enc, "qkv", nf4Team(inDim));
+  const pipeline = await nf4Pipeline(enc, "qkv", nf4Team(inDim));
   const g = workgroupGrid(enc.gpu.caps, Math.ceil(rows / matvecRowsPerWorkgroup("nf4", rows, inDim)));
   const params = new ArrayBuffer(PARAM_BYTES);
   const u32 = new Uint32Array(params);

@@ -32,6 +32,7 @@
 import {
   createBuffer,
   deviceWorkspace,
+  readF32,
   readU32,
   releaseBuffer,
   roundToF16,
@@ -39,7 +40,6 @@ import {
 } from "../../engine/buffers.ts";
 import { type Binding, bindingBytes, Encoder, workgroupGrid } from "../../engine/encoder.ts";
 import type { Capabilities, Gpu } from "../../engine/gpu.ts";
-import { readF32 } from "../../engine/buffers.ts";
 import { hasTensorCores, matmul } from "../matmul/matmul.ts";
 import {
   NF4_BLOCK,
