@@ -15,7 +15,9 @@
 //   the linear layers as matrix-vector products (kernels/matvec: the weight read once, 16 bytes per
 //   load), LoRA as u = A16 h (a small matvec; one for q, k, v together and one for gate, up, whose
 //   A16 factors are stacked when the cache model is built; that product also computes the RMSNorm h
-//   of the residual stream and writes it, so the norm takes no dispatch of its own) and
+//   of the residual stream and writes it, so the norm takes no dispatch of its own; without LoRA
+//   the fused q, k, v and gate, up passes take the norm by linearity from the weighted copy of the
+//   residual stream that the o and down products write beside it) and
 //   y = W h + s·B16 u in one pass, the o_proj and down products added straight into the residual
 //   stream (beta 1); q, k and v as one NF4 pass (matvecQkv, on tables and B16 factors stacked
 //   when the cache model is built), q and k rotated at position n in its epilogue, k and v written
@@ -73,6 +75,8 @@ import {
   matvecUnsupported,
   type QkvProjection,
   type QkvTables,
+  type ScaledNormWeight,
+  scaleNormWeight,
   stackQkvTables,
 } from "../kernels/matvec/matvec.ts";
 import { nf4Matmul } from "../kernels/nf4/nf4.ts";
@@ -128,6 +132,12 @@ interface LayerState {
   /** q, k and v as one matvecQkv (NF4 bases of shapes it takes, LoRA through attnLora with one
    * rank, or none): their stacked tables and LoRA B factors, copies made for decoding. */
   fusedQkv?: FusedQkv;
+  /** The norms folded into the fused passes (matvecQkv, matvecSwiglu) without LoRA, where an NF4
+   * matvec writes the residual stream before them (the previous layer's down projection on this
+   * device, this layer's o projection): their weights scaled for the product that writes the
+   * weighted input (dev.xw), so that the norm takes no dispatch. */
+  attnNormScaled?: ScaledNormWeight;
+  mlpNormScaled?: ScaledNormWeight;
 }
 
 /** matvecQkv's operands that stay from step to step: the three projections (LoRA inputs at their
@@ -172,6 +182,8 @@ interface DeviceState {
   /** f16 [C]: the residual stream of the decoded token. */
   x: GPUBuffer;
   h: GPUBuffer; // f16 [C]
+  /** f16 [C]: x times the scaled weight of the norm folded into the next fused pass. */
+  xw: GPUBuffer;
   q: GPUBuffer; // f16 [H*D]
   qr: GPUBuffer; // f16 [H*D]
   k: GPUBuffer; // f16 [KVH*D]
@@ -308,6 +320,7 @@ export class KvCacheModel {
           layers: [],
           x: f16(C, "decode.x"),
           h: f16(C, "decode.h"),
+          xw: f16(C, "decode.x_weighted"),
           q: f16(H * D, "decode.q"),
           qr: f16(H * D, "decode.q_rope"),
           k: f16(KVH * D, "decode.k"),
@@ -341,6 +354,16 @@ export class KvCacheModel {
       const attnLora = await this.#loraGroup(w.gpu, proj, fast, ATTN_INPUT, `l${w.index}.attn`);
       const fusedRope = fast.q_proj && fast.k_proj && proj.q_proj.base.kind === "nf4" &&
         proj.k_proj.base.kind === "nf4" && cfg.headDim % 4 === 0;
+      const fusedQkv = fusedRope && fast.v_proj
+        ? await this.#fuseQkv(w.gpu, proj, attnLora, `l${w.index}.qkv`)
+        : undefined;
+      const fusedMlp = fusedMlpFits(w.gpu, proj.gate_proj, proj.up_proj, mlpLora);
+      const prev = dev.layers.at(-1);
+      const scaledNorm = async (norm: GPUBuffer, label: string) => {
+        const scaled = await scaleNormWeight(w.gpu, norm, C, label);
+        this.#owned.push(scaled.w);
+        return scaled;
+      };
       dev.layers.push({
         index: w.index,
         gpu: w.gpu,
@@ -353,10 +376,15 @@ export class KvCacheModel {
         v: this.#keep(createBuffer(w.gpu, cacheBytes, "activations", `kv.v${w.index}`)),
         attnLora,
         mlpLora,
-        fusedMlp: fusedMlpFits(w.gpu, proj.gate_proj, proj.up_proj, mlpLora),
+        fusedMlp,
         fusedRope,
-        fusedQkv: fusedRope && fast.v_proj
-          ? await this.#fuseQkv(w.gpu, proj, attnLora, `l${w.index}.qkv`)
+        fusedQkv,
+        attnNormScaled:
+          fusedQkv && !fusedQkv.lora && prev && writesNextNorm(prev.proj.down_proj, prev.fast.down_proj)
+            ? await scaledNorm(w.attnNorm, `l${w.index}.attn_norm.scaled`)
+            : undefined,
+        mlpNormScaled: fusedMlp && !proj.gate_proj.lora && writesNextNorm(proj.o_proj, fast.o_proj)
+          ? await scaledNorm(w.mlpNorm, `l${w.index}.mlp_norm.scaled`)
           : undefined,
       });
     }
@@ -742,18 +770,20 @@ export class KvCacheModel {
           V: cfg.vocabSize,
         });
       }
-      for (const layer of dev.layers) {
+      for (const [i, layer] of dev.layers.entries()) {
         const p = layer.proj;
         const f = layer.fast;
         const attnNorm = { x: dev.x, w: layer.attnNorm, h: dev.h, rstd: dev.rstd, C, eps };
-        const attnU = await normedLoraGroupProduct(enc, layer.attnLora, attnNorm, dev.u);
+        const attnFolded = layer.attnNormScaled;
+        const attnU = attnFolded ? {} : await normedLoraGroupProduct(enc, layer.attnLora, attnNorm, dev.u);
         const qkv = layer.fusedQkv;
         if (qkv) {
           await matvecQkv(enc, {
             ...qkv,
             in: C,
             headDim: D,
-            x: dev.h,
+            x: attnFolded ? dev.xw : dev.h,
+            norm: attnFolded && { residual: dev.x, mul: attnFolded.mul, eps },
             lora: qkv.lora && { ...qkv.lora, x: dev.u },
             rotation: dev.rot,
             y: dev.qr,
@@ -777,9 +807,11 @@ export class KvCacheModel {
           KVH,
           D,
         });
-        await linear1(enc, p.o_proj, f.o_proj, dev.o, dev.c, dev.u, dev.x);
+        const mlpFolded = layer.mlpNormScaled;
+        const mlpNext = mlpFolded && { w: mlpFolded, xw: dev.xw };
+        await linear1(enc, p.o_proj, f.o_proj, dev.o, dev.c, dev.u, { x: dev.x, nextNorm: mlpNext });
         const mlpNorm = { x: dev.x, w: layer.mlpNorm, h: dev.h, rstd: dev.rstd, C, eps };
-        const mlpU = await normedLoraGroupProduct(enc, layer.mlpLora, mlpNorm, dev.u);
+        const mlpU = mlpFolded ? {} : await normedLoraGroupProduct(enc, layer.mlpLora, mlpNorm, dev.u);
         if (layer.fusedMlp) {
           const projection = (lin: Linear, m: LoraTarget) => {
             if (lin.base.kind !== "nf4") throw new Error(`l${layer.index}.${m}: fusedMlp needs an NF4 base`);
@@ -791,16 +823,21 @@ export class KvCacheModel {
             in: C,
             gate: projection(p.gate_proj, "gate_proj"),
             up: projection(p.up_proj, "up_proj"),
-            x: dev.h,
+            x: mlpFolded ? dev.xw : dev.h,
             lora: lora ? { K2: lora.R, alpha: lora.scale, x: dev.u } : undefined,
             y: dev.sw,
+            norm: mlpFolded && { residual: dev.x, mul: mlpFolded.mul, eps },
           });
         } else {
           await linear1(enc, p.gate_proj, f.gate_proj, dev.h, dev.g, dev.u, undefined, 0, mlpU.gate_proj);
           await linear1(enc, p.up_proj, f.up_proj, dev.h, dev.up, dev.u, undefined, 0, mlpU.up_proj);
           await swigluForward(enc, { g: dev.g, u: dev.up, h: dev.sw, n: I });
         }
-        await linear1(enc, p.down_proj, f.down_proj, dev.sw, dev.c, dev.u, dev.x);
+        const attnNext = dev.layers[i + 1]?.attnNormScaled;
+        await linear1(enc, p.down_proj, f.down_proj, dev.sw, dev.c, dev.u, {
+          x: dev.x,
+          nextNorm: attnNext && { w: attnNext, xw: dev.xw },
+        });
         if (enc.dispatches >= SUBMIT_AFTER_DISPATCHES) {
           // The GPU starts on these layers while the CPU encodes the next ones.
           await submitTimed(enc);
@@ -984,6 +1021,12 @@ function fusedMlpFits(gpu: Gpu, gate: Linear, up: Linear, group: LoraGroup | und
   return matvecUnsupported(gpu.caps, "nf4", { out: gate.out, in: gate.in, K2: a?.R ?? 0 }) === undefined;
 }
 
+/** Whether this projection, adding into the residual stream, can write the next norm's weighted
+ * input (matvec's nextNorm: an NF4 base on the matvec kernels). */
+function writesNextNorm(lin: Linear, fast: boolean): boolean {
+  return fast && lin.base.kind === "nf4";
+}
+
 /** Whether the matvec kernels take this projection (base and, with LoRA, the A product). */
 function matvecFits(gpu: Gpu, lin: Linear): boolean {
   const caps = gpu.caps;
@@ -1019,10 +1062,11 @@ async function normedLoraGroupProduct(
 }
 
 /** One linear layer at T = 1 on preallocated buffers: y = x W^T (+ s·(x A^T) B^T), written from
- * element yOffset of y on (matvec kernels only). With `addInto` (the residual stream) the result is
- * added into that buffer instead (`y` is then scratch). `fast`: through the matvec kernels
- * (matvecFits), else the general kernels at T = 1. `uOffset` (matvec kernels): x A^T is already in
- * u from that element on (normedLoraGroupProduct). */
+ * element yOffset of y on (matvec kernels only). With `residual` the result is added into the
+ * residual stream residual.x instead (`y` is then scratch), and with residual.nextNorm (NF4 matvec
+ * kernels) the product also writes the weighted input of the norm that reads the stream next.
+ * `fast`: through the matvec kernels (matvecFits), else the general kernels at T = 1. `uOffset`
+ * (matvec kernels): x A^T is already in u from that element on (normedLoraGroupProduct). */
 async function linear1(
   enc: Encoder,
   lin: Linear,
@@ -1030,14 +1074,17 @@ async function linear1(
   x: GPUBuffer,
   y: GPUBuffer,
   u: GPUBuffer,
-  addInto?: GPUBuffer,
+  residual?: { x: GPUBuffer; nextNorm?: MatvecArgs["nextNorm"] },
   yOffset = 0,
   uOffset?: number,
   rope?: MatvecArgs["rope"],
 ): Promise<void> {
-  if ((yOffset !== 0 || uOffset !== undefined || rope) && !fast) {
-    throw new Error("linear1: an output offset or a shared LoRA product needs the matvec kernels");
+  if ((yOffset !== 0 || uOffset !== undefined || rope || residual?.nextNorm) && !fast) {
+    throw new Error(
+      "linear1: an output offset, a shared LoRA product or a next norm needs the matvec kernels",
+    );
   }
+  const addInto = residual?.x;
   if (fast) {
     const lora = lin.lora;
     if (lora && uOffset === undefined) {
@@ -1055,6 +1102,7 @@ async function linear1(
       K2: lora?.R,
       second: lora ? { w: lora.b16, x: u, alpha: lora.scale, xOffset: uOffset } : undefined,
       rope,
+      nextNorm: residual?.nextNorm,
     });
     return;
   }

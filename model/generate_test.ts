@@ -11,7 +11,7 @@ import { generateIds, KvCacheModel, resolvedSettings, TextStreamer } from "./gen
 import { argmax } from "./sampling.ts";
 import { profileGpu } from "../engine/profile.ts";
 import { BUNDLED_TOKENIZER } from "./train_run.ts";
-import { ALL_LORA_TARGETS, type BaseFormat, type LlamaConfig, type LoraConfig } from "./types.ts";
+import { ALL_LORA_TARGETS, type BaseFormat, type LlamaConfig, type LoraConfig, NO_LORA } from "./types.ts";
 
 export const GEN_TINY: LlamaConfig = {
   hiddenSize: 64,
@@ -58,8 +58,9 @@ export async function tinyModel(
   cfg: LlamaConfig,
   baseFormat: BaseFormat,
   seed = 5,
+  lora: LoraConfig = LORA,
 ): Promise<Llama> {
-  const model = await Llama.build(cfg, normalSource(seed), { gpus: gpu, lora: LORA, baseFormat, seed });
+  const model = await Llama.build(cfg, normalSource(seed), { gpus: gpu, lora, baseFormat, seed });
   const rng = new Rng(seed + 1);
   for (const p of model.parameters()) {
     if (!p.key.includes("lora_B")) continue;
@@ -89,12 +90,29 @@ for (const [name, cfg, perLayer] of [["", GEN_TINY, 11], [", q, k and v fused", 
   );
 }
 
+// Without an adapter the fused q, k, v and gate, up passes read the RMSNorm of the residual stream
+// themselves (from the weighted copy that the o and down products write): q, k, v, attention, o,
+// gate + up + SwiGLU and down are a layer's 5 dispatches, and the first layer's attention norm one
+// more (no product writes the embedding).
+await gpuTest(
+  "generate: greedy with the KV cache equals the full forward (NF4 base, norms folded)",
+  async (gpu) => {
+    await greedyMatchesFullForward(gpu, GEN_QKV, 5, NO_LORA, 1);
+  },
+);
+
 /** Greedy decoding and every position's logits against the full forward; a greedy decode step
  * encodes perLayer dispatches per layer on the matvec path (with one attention pass), plus 5 (the
- * embedding, the final norm, the head and the argmax's two passes). */
-async function greedyMatchesFullForward(gpu: Gpu, cfg: LlamaConfig, perLayer: number): Promise<void> {
+ * embedding, the final norm, the head and the argmax's two passes) and `extra`. */
+async function greedyMatchesFullForward(
+  gpu: Gpu,
+  cfg: LlamaConfig,
+  perLayer: number,
+  lora: LoraConfig = LORA,
+  extra = 0,
+): Promise<void> {
   const V = cfg.vocabSize;
-  const model = await tinyModel(gpu, cfg, "nf4");
+  const model = await tinyModel(gpu, cfg, "nf4", 5, lora);
   const kv = await KvCacheModel.create(model, { maxTokens: 64 });
   try {
     const prompt = [1, 17, 99, 4, 200, 31, 77, 5, 12, 250, 8];
@@ -102,7 +120,7 @@ async function greedyMatchesFullForward(gpu: Gpu, cfg: LlamaConfig, perLayer: nu
     const r = await generateIds(kv, prompt, { maxNewTokens: 8 }, [], undefined);
     assert(r.ids.length === 8 && r.stopReason === "max_new_tokens", JSON.stringify(r));
     const t = kv.decodeTimes;
-    const want1 = cfg.numLayers * perLayer + 5;
+    const want1 = cfg.numLayers * perLayer + 5 + extra;
     assert(
       t.dispatches === t.steps * want1,
       `${t.dispatches / t.steps} dispatches per step, expected ${want1}`,

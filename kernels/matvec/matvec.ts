@@ -27,7 +27,10 @@
 // `matvecSwiglu` computes the NF4 gate and up projections, with their LoRA up-projections, in one
 // pass over x and writes silu(gate) · up, and `matvecQkv` computes the NF4 q, k and v projections in
 // one pass, q and k rotated, k and v into their cache rows (its absmax codes, nested scales and maps
-// stacked once by `stackQkvTables`).
+// stacked once by `stackQkvTables`). Both take the RMSNorm of a residual row in the products by
+// linearity (`norm`, without LoRA): they read the row times a scaled norm weight, which the NF4
+// product that added into the row wrote beside it (`matvec` with `nextNorm`), reduce its sum of
+// squares with the row sums and apply one factor at the end, so the norm takes no dispatch.
 // Variants:
 //   "subgroup"   reduction with subgroupAdd (adapters with subgroups of 4..32 invocations); f16 only
 //   "workgroup"  portable: a workgroup-memory tree reduction. The only NF4 variant: a subgroup
@@ -35,7 +38,7 @@
 //                263 against 313 at 4096 -> 14336), while it halves the f16 lm_head's time.
 
 import { type Binding, bindingBytes, Encoder, workgroupGrid } from "../../engine/encoder.ts";
-import { createBuffer } from "../../engine/buffers.ts";
+import { createBuffer, readF16, uploadF16 } from "../../engine/buffers.ts";
 import type { Capabilities, Gpu } from "../../engine/gpu.ts";
 import type { Shader } from "../../engine/pipeline.ts";
 import { NF4_F16_WGSL, type Nf4Weight } from "../nf4/nf4.ts";
@@ -56,7 +59,7 @@ const SHADERS: Record<MatvecWeight["kind"], Partial<Record<MatvecVariant, Shader
   },
 };
 
-/** Bytes of the kernels' parameter struct (matvec_nf4.wgsl's Params, 68, rounded up to 16). */
+/** Bytes of the kernels' parameter struct (matvec_nf4.wgsl's Params, 76, rounded up to 16). */
 const PARAM_BYTES = 80;
 
 /** Entries of an NF4 weight's dynamic map of absmax codes. */
@@ -133,6 +136,10 @@ export interface MatvecArgs extends MatvecShape {
    * it also writes to `h` (f16 [in]) for the products that read h next: the norm's own dispatch is
    * saved. */
   norm?: { w: Binding; eps: number; h: Binding };
+  /** NF4 into an f16 residual stream: also writes xw = f16(y[o]) · w.w[o] (f16 [out], from element
+   * 0), the input of the fused products that read the next RMSNorm of y (matvecQkv's and
+   * matvecSwiglu's `norm`), w the ScaledNormWeight of that norm. */
+  nextNorm?: { w: ScaledNormWeight; xw: Binding };
   variant?: MatvecVariant;
 }
 
@@ -262,8 +269,17 @@ export async function matvec(enc: Encoder, args: MatvecArgs): Promise<void> {
     need("norm.w", norm.w, inDim * 2);
     need("norm.h", norm.h, inDim * 2);
   }
+  const nextNorm = args.nextNorm;
+  if (nextNorm) {
+    if (w.kind !== "nf4" || rope || args.yType !== "f16") {
+      throw new Error(`${where}: the next norm's input is written by NF4 products into f16 y without rope`);
+    }
+    need("nextNorm.w", nextNorm.w.w, out * 2);
+    need("nextNorm.xw", nextNorm.xw, out * 2);
+  }
+  const entry = rope ? "rope" : nextNorm ? "scaled" : "main";
   const pipeline = w.kind === "nf4"
-    ? await nf4Pipeline(enc, rope ? "rope" : "main", nf4Team(inDim), args.yType)
+    ? await nf4Pipeline(enc, entry, nf4Team(inDim), args.yType)
     : await enc.gpu.pipelines.get({
       shader: SHADERS.f16[variant]!,
       entry: norm ? "normed" : "main",
@@ -284,6 +300,7 @@ export async function matvec(enc: Encoder, args: MatvecArgs): Promise<void> {
     : [args.x, w.w, w2, x2, args.y];
   if (rope) buffers.push(rope.rotation);
   if (norm) buffers.push(norm.w, norm.h);
+  if (nextNorm) buffers.push(nextNorm.w.w, nextNorm.xw);
   enc.dispatch(pipeline, new Uint8Array(params), buffers, g);
 }
 
@@ -305,22 +322,78 @@ export function matvecBytes(
   return weight + inDim * 2 + K2 * (out + 1) * 2 + y;
 }
 
-/** The NF4 kernel's entry `entry` with `yType` output and teams of `team` threads. Its view of a u32
- * as an f16 pair (matvec_nf4.wgsl's f16_pair) is a bitcast, which Deno's WGSL compiler mistypes, so
- * that backend goes through unpack2x16float (the same value). */
+/** The NF4 kernel's entry `entry` with `yType` output, teams of `team` threads, and the RMSNorm of
+ * the input folded in (`normed`: qkv and swiglu). Its view of a u32 as an f16 pair (matvec_nf4.wgsl's
+ * f16_pair) is a bitcast, which Deno's WGSL compiler mistypes, so that backend goes through
+ * unpack2x16float (the same value). */
 function nf4Pipeline(
   enc: Encoder,
   entry: string,
   team: number,
   yType: "f16" | "f32" = "f16",
+  normed = false,
 ): Promise<GPUComputePipeline> {
   const f16Pair = enc.gpu.caps.backend === "deno" ? "vec2<f16>(unpack2x16float(u))" : "bitcast<vec2<f16>>(u)";
   return enc.gpu.pipelines.get({
     shader: SHADERS.nf4.workgroup!,
     entry,
     substitutions: { OUT: yType, F16_PAIR: f16Pair },
-    constants: { TEAM: team },
+    constants: { TEAM: team, ...(normed ? { NORMED: 1 } : {}) },
   });
+}
+
+/** An RMSNorm weight nw [n] prepared for the folded norm (`matvec`'s nextNorm writes the residual
+ * row times w, matvecQkv's and matvecSwiglu's `norm` read it): w holds nw · 2^-k / 4 in f16 (exact
+ * but for f16 subnormals), k >= 0 the least with max |nw| · 2^-k <= 1, and mul = 2^k, so that the
+ * kernels' f16 sums of products stay finite (matvec_nf4.wgsl). */
+export interface ScaledNormWeight {
+  w: GPUBuffer;
+  mul: number;
+}
+
+/** Makes the ScaledNormWeight of the f16 norm weight `w` [n]: a new buffer (counted as weights),
+ * which the caller releases. A weight with a non-finite value is refused. */
+export async function scaleNormWeight(
+  gpu: Gpu,
+  w: GPUBuffer,
+  n: number,
+  label: string,
+): Promise<ScaledNormWeight> {
+  const values = await readF16(gpu, w, n);
+  let max = 0;
+  for (let i = 0; i < n; i++) {
+    if (!Number.isFinite(values[i])) throw new RangeError(`${label}: element ${i} is ${values[i]}`);
+    max = Math.max(max, Math.abs(values[i]));
+  }
+  let k = 0;
+  while (max * 2 ** -k > 1) k++;
+  const f = 2 ** -k / 4;
+  return { w: uploadF16(gpu, Array.from(values, (v) => v * f), "weights", label), mul: 2 ** k };
+}
+
+/** The products read the RMSNorm h = res · r · nw of a residual row res (r = 1 / sqrt(mean(res²) +
+ * eps)) by linearity (matvec_nf4.wgsl's NORMED): their x holds xw = f16(res · nw · 2^-k / 4), as
+ * `matvec` with `nextNorm` writes it from the ScaledNormWeight of nw. */
+export interface FoldedNorm {
+  /** f16 [in]: res. */
+  residual: Binding;
+  /** The ScaledNormWeight's mul (2^k). */
+  mul: number;
+  eps: number;
+}
+
+/** Checks a FoldedNorm for a product of `inDim` inputs and `K2` LoRA inputs. */
+function checkFoldedNorm(where: string, need: SizeCheck, norm: FoldedNorm, inDim: number, K2: number): void {
+  if (K2 > 0) {
+    throw new Error(
+      `${where}: the folded RMSNorm runs without LoRA products (its factor would scale them too)`,
+    );
+  }
+  if (!(norm.eps >= 0)) throw new RangeError(`${where}: norm.eps = ${norm.eps} must be >= 0`);
+  if (!(norm.mul >= 1 && Number.isInteger(Math.log2(norm.mul)))) {
+    throw new RangeError(`${where}: norm.mul = ${norm.mul} must be a power of two >= 1 (scaleNormWeight)`);
+  }
+  need("norm.residual", norm.residual, inDim * 2);
 }
 
 /** One projection of matvecSwiglu: its NF4 weight and its optional LoRA up-projection. */
@@ -342,6 +415,8 @@ export interface MatvecSwigluArgs {
   /** f16 [out] from element yOffset on: silu(gate) · up. */
   y: Binding;
   yOffset?: number;
+  /** Without LoRA: gate and up read the RMSNorm of a residual row, x its weighted copy. */
+  norm?: FoldedNorm;
 }
 
 /** Encodes y = silu(f16(G x + s·BG x2)) · f16(U x + s·BU x2) for the NF4 gate and up projections of a
@@ -365,13 +440,16 @@ export async function matvecSwiglu(enc: Encoder, args: MatvecSwigluArgs): Promis
       need("lora.x", lora!.x, (xOffset + K2) * 2);
     }
   }
+  const norm = args.norm;
+  if (norm) checkFoldedNorm(where, need, norm, inDim, K2);
   const team = nf4SwigluTeam(inDim);
-  const pipeline = await nf4Pipeline(enc, "swiglu", team);
+  const pipeline = await nf4Pipeline(enc, "swiglu", team, "f16", norm !== undefined);
   const g = workgroupGrid(enc.gpu.caps, Math.ceil(out / ((256 / team) * NF4_ROWS_PER_TEAM)));
   const params = new ArrayBuffer(PARAM_BYTES);
   new Uint32Array(params, 0, 4).set([out, inDim, K2, g[0]]);
   new Float32Array(params, 16, 3).set([1, lora?.alpha ?? 0, 0]);
   new Uint32Array(params, 28, 3).set([yOffset, gate.second?.xOffset ?? 0, up.second?.xOffset ?? 0]);
+  if (norm) new Float32Array(params, 68, 2).set([norm.eps, norm.mul]);
   // Without LoRA the second products' bindings take x (read-only, never read).
   const x2 = lora?.x ?? args.x;
   enc.dispatch(pipeline, new Uint8Array(params), [
@@ -388,6 +466,7 @@ export async function matvecSwiglu(enc: Encoder, args: MatvecSwigluArgs): Promis
     up.w.nested,
     up.second?.w ?? args.x,
     up.w.dynmap,
+    norm?.residual ?? args.x,
   ], g);
 }
 
@@ -490,6 +569,8 @@ export interface MatvecQkvArgs {
   /** u32 [1]: the position, read when the dispatch runs (a recorded dispatch serves every
    * position); at cacheRows or beyond nothing is written to the caches. */
   position: Binding;
+  /** Without LoRA: q, k and v read the RMSNorm of a residual row, x its weighted copy. */
+  norm?: FoldedNorm;
 }
 
 /** Encodes q, k and v of one position (matvec_nf4.wgsl's `qkv`): one dispatch where `matvec` with
@@ -526,7 +607,9 @@ export async function matvecQkv(enc: Encoder, args: MatvecQkvArgs): Promise<void
     need("lora.b", lora.b, rows * K2 * 2);
     need("lora.x", lora.x, (Math.max(...xOffsets) + K2) * 2);
   }
-  const pipeline = await nf4Pipeline(enc, "qkv", nf4Team(inDim));
+  const norm = args.norm;
+  if (norm) checkFoldedNorm(where, need, norm, inDim, K2);
+  const pipeline = await nf4Pipeline(enc, "qkv", nf4Team(inDim), "f16", norm !== undefined);
   const g = workgroupGrid(enc.gpu.caps, Math.ceil(rows / matvecRowsPerWorkgroup("nf4", rows, inDim)));
   const params = new ArrayBuffer(PARAM_BYTES);
   const u32 = new Uint32Array(params);
@@ -534,7 +617,7 @@ export async function matvecQkv(enc: Encoder, args: MatvecQkvArgs): Promise<void
   u32.set([qRows, inDim, K2, g[0]]);
   f32.set([1, q.lora?.alpha ?? 0, 0], 4);
   u32.set([0, xOffsets[0], 0, D, kvRows, xOffsets[1], xOffsets[2], cacheRows], 7);
-  f32.set([k.lora?.alpha ?? 0, v.lora?.alpha ?? 0], 15);
+  f32.set([k.lora?.alpha ?? 0, v.lora?.alpha ?? 0, norm?.eps ?? 0, norm?.mul ?? 1], 15);
   // Without LoRA the B and x2 bindings take x (read-only, never read).
   enc.dispatch(pipeline, new Uint8Array(params), [
     args.x,
@@ -550,6 +633,7 @@ export async function matvecQkv(enc: Encoder, args: MatvecQkvArgs): Promise<void
     v.w.codes,
     args.kCache,
     args.vCache,
+    norm?.residual ?? args.x,
     args.position,
   ], g);
 }

@@ -50,6 +50,21 @@
 // BG (w2) and BU (w2_u) f16 [OUT, K2] (K2 = 0: no LoRA products). A team of TEAM threads computes
 // RPT rows of both weights; thread t owns the code words t, t + TEAM, ... of its rows and converts
 // each 32-element slice of x once for the 2 * RPT rows. alpha and beta are not used.
+//
+// NORMED (entries `qkv` and `swiglu`, without LoRA products: K2 = 0): the products read the RMSNorm
+// h = res * r * nw of a residual row res (r = inverseSqrt(mean(res^2) + eps), nw the norm's weight) by
+// linearity: y[o] = r * sum_i W[o, i] (res[i] * nw[i]). x holds xw = f16(res * nw * 2^-k / 4), which
+// the product that wrote res wrote beside it (entry `scaled`), so the products read it as they read
+// x / 4 otherwise: nw * 2^-k / 4 (k >= 0 with max |nw| * 2^-k <= 1) stands in for x's division by
+// 4 and the bound on the f16 sums of four products holds as above; norm_mul = 2^k. The sum of
+// squares of res (binding resid) is taken by the workgroup's invocations, each vec4 word once, and
+// reduced with the row sums, so the norm needs no dispatch of its own. Rounding: one f16 rounding of
+// res * nw * 2^-k / 4 per element where the separate norm rounds res * r and then its product with
+// nw to f16 (both 2^-11 relative), and r from this workgroup's order of the f32 sum of squares.
+//
+// Entry `scaled`: `main` into an f16 residual stream (beta 1) that also writes the weighted input of
+// the norm that reads it next: xw[o] = f16(y[o]) * nwn[o] (f16), nwn the next norm's weight times
+// 2^-k / 4 as above.
 enable f16;
 
 struct Params {
@@ -70,6 +85,8 @@ struct Params {
   cache_rows: u32, // qkv: rows of the k and v caches
   alpha2_k: f32, // qkv: LoRA scales of k and v (alpha2: q's)
   alpha2_v: f32,
+  norm_eps: f32, // NORMED: the RMSNorm's epsilon
+  norm_mul: f32, // NORMED: 2^k of the scaled norm weight
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -87,9 +104,14 @@ struct Params {
 @group(0) @binding(11) var<storage, read> nested_u: array<f32>;
 @group(0) @binding(12) var<storage, read> w2_u: array<f16>;
 @group(0) @binding(13) var<storage, read> dynmap_u: array<f32>;
+// qkv, swiglu: the residual row whose norm x holds weighted (NORMED; otherwise bound to x and not
+// read), f16 [IN].
+@group(0) @binding(14) var<storage, read> resid: array<vec4<u32>>;
 
 /** Threads per team (one team per RPT rows): a power of two, 32..256. */
 override TEAM: u32 = 64u;
+/** qkv, swiglu: x is the residual stream and the products read its RMSNorm (see above). */
+override NORMED: bool = false;
 
 const WG = 256u;
 const RPT = 4u;
@@ -104,6 +126,10 @@ var<workgroup> dyn_u: array<f32, 256>; // swiglu: the up projection's map
 // One vec4 (the 4 rows) per invocation; swiglu: the up rows in red_u.
 var<workgroup> red: array<vec4<f32>, WG>;
 var<workgroup> red_u: array<vec4<f32>, WG>;
+// NORMED: each invocation's share of the sum of squares of resid, reduced with red.
+var<workgroup> ssq: array<f32, WG>;
+// The factor of the row sums: r * norm_mul when NORMED (set after the reduction), else 1.
+var<private> row_scale: f32 = 1.0;
 
 // An f16 pair held in a u32 (the low half first). {{F16_PAIR}} is `bitcast<vec2<f16>>(u)`, or
 // the same value through unpack2x16float on Deno's WebGPU, whose WGSL compiler (naga) types a
@@ -138,6 +164,42 @@ struct X32 {
 fn load_x(w: u32) -> X32 {
   let i = 4u * w;
   return X32(quarter(x[i]), quarter(x[i + 1u]), quarter(x[i + 2u]), quarter(x[i + 3u]));
+}
+
+// Eight elements of x as they are (NORMED: x holds xw, already scaled).
+fn pairs(u: vec4<u32>) -> X8 {
+  return X8(f16_pair(u.x), f16_pair(u.y), f16_pair(u.z), f16_pair(u.w));
+}
+
+// The products' input elements 32w .. 32w + 31: x / 4, or xw when NORMED.
+fn load_in(w: u32) -> X32 {
+  if (!NORMED) { return load_x(w); }
+  let i = 4u * w;
+  return X32(pairs(x[i]), pairs(x[i + 1u]), pairs(x[i + 2u]), pairs(x[i + 3u]));
+}
+
+// NORMED: invocation li's share of sum(res^2), f32 (the vec4 words li, li + WG, ... of resid), into
+// ssq.
+fn square_share(li: u32) {
+  if (!NORMED) { return; }
+  var s = 0.0;
+  for (var j = li; j < p.IN / 8u; j += WG) {
+    let u = resid[j];
+    let a = unpack2x16float(u.x);
+    let b = unpack2x16float(u.y);
+    let c = unpack2x16float(u.z);
+    let d = unpack2x16float(u.w);
+    s += (dot(a, a) + dot(b, b)) + (dot(c, c) + dot(d, d));
+  }
+  ssq[li] = s;
+}
+
+// NORMED, after the reduction: the row sums' factor r * norm_mul, the same in every workgroup.
+fn set_row_scale() {
+  if (!NORMED) { return; }
+  var s = 0.0;
+  for (var k = 0u; k < WG; k += 32u) { s += ssq[k]; }
+  row_scale = p.norm_mul * inverseSqrt(s / f32(p.IN) + p.norm_eps);
 }
 
 // Eight codes of one u32 (byte k: elements 2k, 2k + 1) times eight elements of x: f16 products,
@@ -234,16 +296,21 @@ fn reduce_slices(li: u32, acc: vec4<f32>) {
   red[li] = acc;
   workgroupBarrier();
   for (var s = 16u; s > 0u; s >>= 1u) {
-    if (li % 32u < s) { red[li] += red[li + s]; }
+    if (li % 32u < s) {
+      red[li] += red[li + s];
+      if (NORMED) { ssq[li] += ssq[li + s]; }
+    }
     workgroupBarrier();
   }
+  set_row_scale();
 }
 
-// After reduce_slices: the team's total of row slot `slot` (0..RPT-1) of team `team`.
+// After reduce_slices: the team's total of row slot `slot` (0..RPT-1) of team `team`, times
+// row_scale.
 fn team_total(team: u32, slot: u32) -> f32 {
   var v = 0.0;
   for (var k = 0u; k < TEAM; k += 32u) { v += red[team * TEAM + k][slot]; }
-  return v;
+  return v * row_scale;
 }
 
 @compute @workgroup_size(WG)
@@ -265,6 +332,32 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var v = team_total(li / RPT, li % RPT);
     if (p.beta != 0.0) { v += p.beta * f32(y[p.y_off + o]); }
     y[p.y_off + o] = {{OUT}}(v);
+  }
+}
+
+// Entry `scaled` (see the top): the next norm's weight scaled (nwn) and the weighted copy (xw), f16 [OUT].
+@group(0) @binding(9) var<storage, read> next_norm_w: array<f16>;
+@group(0) @binding(10) var<storage, read_write> xw: array<f16>;
+
+@compute @workgroup_size(WG)
+fn scaled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  load_tables(li);
+  let rowsPerWg = (WG / TEAM) * RPT;
+  let first = (wg.y * p.gx + wg.x) * rowsPerWg;
+  let row0 = first + (li / TEAM) * RPT;
+  var acc = vec4<f32>(0.0);
+  if (row0 < p.OUT) {
+    let r = min(vec4<u32>(row0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.OUT - 1u));
+    acc = rows4(r, li % TEAM);
+  }
+  reduce_slices(li, acc);
+  let o = first + li;
+  if (li < rowsPerWg && o < p.OUT) {
+    var v = team_total(li / RPT, li % RPT);
+    if (p.beta != 0.0) { v += p.beta * f32(y[p.y_off + o]); }
+    let h = f16(v);
+    y[p.y_off + o] = {{OUT}}(h);
+    xw[o] = h * next_norm_w[o];
   }
 }
 
@@ -314,7 +407,7 @@ fn rope(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 fn team_totals(team: u32, slot: u32) -> vec2<f32> {
   var v = vec2<f32>(0.0);
   for (var k = 0u; k < TEAM; k += 32u) { v += vec2<f32>(red[team * TEAM + k][slot], red_u[team * TEAM + k][slot]); }
-  return v;
+  return v * row_scale;
 }
 
 @compute @workgroup_size(WG)
@@ -340,7 +433,7 @@ fn swiglu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
       let uy = codes_u[g.y];
       let uz = codes_u[g.z];
       let uw = codes_u[g.w];
-      let xv = load_x(w);
+      let xv = load_in(w);
       let blk = g >> vec4<u32>(1u);
       let sg = vec4<f32>(dot32(gx, xv), dot32(gy, xv), dot32(gz, xv), dot32(gw, xv));
       let su = vec4<f32>(dot32(ux, xv), dot32(uy, xv), dot32(uz, xv), dot32(uw, xv));
@@ -361,6 +454,7 @@ fn swiglu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
       accu = fma(vec4<f32>(p.alpha2), s2u, accu);
     }
   }
+  square_share(li);
   red[li] = accg;
   red_u[li] = accu;
   workgroupBarrier();
@@ -368,9 +462,11 @@ fn swiglu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     if (li % 32u < s) {
       red[li] += red[li + s];
       red_u[li] += red_u[li + s];
+      if (NORMED) { ssq[li] += ssq[li + s]; }
     }
     workgroupBarrier();
   }
+  set_row_scale();
   let o = first + li;
   if (li < rowsPerWg && o < p.OUT) {
     let gu = vec2<f32>(vec2<f16>(team_totals(li / RPT, li % RPT)));
@@ -384,7 +480,7 @@ fn swiglu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
 @group(0) @binding(11) var<storage, read> codes_v: array<vec4<u32>>;
 @group(0) @binding(12) var<storage, read_write> kc: array<f16>;
 @group(0) @binding(13) var<storage, read_write> vc: array<f16>;
-@group(0) @binding(14) var<storage, read> position: array<u32>;
+@group(0) @binding(15) var<storage, read> position: array<u32>;
 
 // qkv: the three dynamic maps and the three mean offsets.
 var<workgroup> dyn3: array<f32, 771>;
@@ -420,8 +516,8 @@ fn qkv_rows4(proj: u32, r: vec4<u32>, first: u32, t: u32) -> vec4<f32> {
     let c1y = qkv_word(proj, g1.y);
     let c1z = qkv_word(proj, g1.z);
     let c1w = qkv_word(proj, g1.w);
-    let xa = load_x(2u * q);
-    let xb = load_x(2u * q + 1u);
+    let xa = load_in(2u * q);
+    let xb = load_in(2u * q + 1u);
     let b = blk0 + vec4<u32>(q);
     let am = vec4<f32>(qkv_absmax(proj, b.x), qkv_absmax(proj, b.y), qkv_absmax(proj, b.z), qkv_absmax(proj, b.w));
     let s0 = vec4<f32>(dot32(c0x, xa), dot32(c0y, xa), dot32(c0z, xa), dot32(c0w, xa));
@@ -468,6 +564,7 @@ fn qkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li
     let base = (tp.y / quarter) * p.D + 2u * (tp.y % quarter);
     acc = qkv_rows4(tp.x, vec4<u32>(base, base + 1u, base + half, base + half + 1u), tp.z, li % TEAM);
   }
+  square_share(li);
   reduce_slices(li, acc);
   let t = team0 + li / RPT;
   if (li < teamsPerWg * RPT && t < teams) {

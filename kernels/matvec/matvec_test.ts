@@ -2,8 +2,9 @@
 // product, accumulation into y, ragged shapes (rows not a multiple of the rows per workgroup, rows
 // that straddle NF4 blocks, an odd number of code words per row, words per row not a multiple of the
 // threads per row, rows longer than one pass of 256 threads), a weight bound at an offset, large
-// inputs (an f16 accumulator would overflow), the RMSNorm folded into f16 products (its h checked too),
-// outputs poisoned before the run.
+// inputs (an f16 accumulator would overflow), the RMSNorm folded into f16 products (its h checked too)
+// and into the fused NF4 q, k, v and SwiGLU products (norm weights above 1 and residual rows near
+// f16's range), outputs poisoned before the run.
 
 import { ok as assert } from "node:assert";
 import {
@@ -28,6 +29,7 @@ import {
   matvecSwiglu,
   matvecUnsupported,
   type MatvecVariant,
+  scaleNormWeight,
   stackQkvTables,
 } from "./matvec.ts";
 import { matvecRef } from "./matvec_ref.ts";
@@ -262,6 +264,39 @@ interface SwigluCase {
   K2: number;
   offsets: [number, number];
   yOffset: number;
+  /** The RMSNorm folded in (K2 = 0): x is a residual row of magnitude xScale, the norm's weight
+   * uniform in +-wMax. */
+  norm?: FoldedNormCase;
+}
+
+interface FoldedNormCase {
+  eps: number;
+  xScale: number;
+  wMax: number;
+}
+
+/** A residual row and a norm weight of a FoldedNormCase: the weight prepared on the GPU (checked
+ * against nw · 2^-k / 4), the weighted row xw = f16(x · w) that the products read as their x, its
+ * FoldedNorm, and the float64 RMSNorm (in HF's order of f16 roundings) that the products compute. */
+async function foldedNormInputs(gpu: Gpu, rng: Rng, c: FoldedNormCase, n: number) {
+  const x = roundToF16(uniform(rng, n, c.xScale));
+  const nw = roundToF16(uniform(rng, n, c.wMax));
+  nw[0] = c.wMax; // the largest weight sets the scale
+  const raw = uploadF16(gpu, nw);
+  try {
+    const scaled = await scaleNormWeight(gpu, raw, n, "matvec test norm weight");
+    const mul = 2 ** Math.max(0, Math.ceil(Math.log2(c.wMax)));
+    assert(scaled.mul === mul, `scaleNormWeight: mul ${scaled.mul} for max |w| = ${c.wMax}, expected ${mul}`);
+    const w = Array.from(await readAs(gpu, scaled.w, "f16", n));
+    const wantW = roundToF16(Array.from(nw, (v) => v / mul / 4));
+    const bad = w.findIndex((v, i) => v !== wantW[i]);
+    assert(bad < 0, `scaleNormWeight: element ${bad} is ${w[bad]}, expected ${wantW[bad]}`);
+    const xw = roundToF16(Array.from(x, (v, i) => v * w[i]));
+    const residual = uploadF16(gpu, x);
+    return { x, xw, scaled, h: rmsnormRef(x, nw, 1, n, c.eps).y, norm: { residual, mul, eps: c.eps } };
+  } finally {
+    raw.destroy();
+  }
 }
 
 const SWIGLU_CASES: SwigluCase[] = [
@@ -272,17 +307,22 @@ const SWIGLU_CASES: SwigluCase[] = [
   { out: 37, in: 4096, K2: 64, offsets: [0, 64], yOffset: 0 },
   // Rows of 514 words: two passes of a team of 256.
   { out: 9, in: 16448, K2: 3, offsets: [7, 2], yOffset: 0 },
+  // The RMSNorm folded in: the 8B MLP's rows, a norm weight above 1 (scaled by 2^-2), a residual near
+  // f16's range; a small residual where eps matters; rows of 33 words.
+  { out: 70, in: 4096, K2: 0, offsets: [0, 0], yOffset: 1, norm: { eps: 1e-5, xScale: 30000, wMax: 3 } },
+  { out: 40, in: 1056, K2: 0, offsets: [0, 0], yOffset: 0, norm: { eps: 1e-2, xScale: 0.05, wMax: 1 } },
 ];
 
 async function runSwigluCase(gpu: Gpu, c: SwigluCase, seed: number): Promise<void> {
   const rng = new Rng(seed);
   const label = `seed ${seed} swiglu ${JSON.stringify(c)}`;
-  const x = roundToF16(uniform(rng, c.in, 1));
+  const folded = c.norm ? await foldedNormInputs(gpu, rng, c.norm, c.in) : undefined;
+  const x = folded?.xw ?? roundToF16(uniform(rng, c.in, 1));
   const hosts = [0, 1].map(() =>
     nf4QuantizeRef(Float32Array.from(uniform(rng, c.out * c.in, 0.1)), c.out, c.in)
   );
   const ws = hosts.map((h) => nf4Upload(gpu, h, "matvec swiglu test"));
-  const owned: GPUBuffer[] = [];
+  const owned: GPUBuffer[] = folded ? [folded.scaled.w, folded.norm.residual] : [];
   const keep = (b: GPUBuffer) => (owned.push(b), b);
   try {
     const b2 = [0, 1].map(() => roundToF16(uniform(rng, c.out * c.K2, 0.5)));
@@ -306,6 +346,7 @@ async function runSwigluCase(gpu: Gpu, c: SwigluCase, seed: number): Promise<voi
       lora,
       y,
       yOffset: c.yOffset,
+      norm: folded?.norm,
     });
     await enc.submit();
     const all = await readAs(gpu, y, "f16", c.yOffset + c.out + 4);
@@ -319,7 +360,7 @@ async function runSwigluCase(gpu: Gpu, c: SwigluCase, seed: number): Promise<voi
         w: nf4DequantRef(hosts[i], { f16: false }),
         out: c.out,
         in: c.in,
-        x,
+        x: folded?.h ?? x,
         second: lora
           ? { w: b2[i], x: x2.slice(c.offsets[i], c.offsets[i] + c.K2), K: c.K2, alpha: 1.5 }
           : undefined,
@@ -329,7 +370,8 @@ async function runSwigluCase(gpu: Gpu, c: SwigluCase, seed: number): Promise<voi
     const got = Array.from(all).slice(c.yOffset, c.yOffset + c.out);
     // g and u may round to neighbouring f16 values (2^-11 relative) where the f32 sum lies near a tie,
     // and carry the f16 products' rounding (about 2^-12 of their rms, matvec_nf4.wgsl), which an
-    // element with a large g and a small u (or the reverse) scales by the other factor.
+    // element with a large g and a small u (or the reverse) scales by the other factor. With the norm
+    // folded in, h's elements carry one f16 rounding where the reference's carry two.
     const atol = 2e-3 * rms(want) + 2e-3 * rms(g) * rms(u);
     assertClose(got, want, { atol, rtol: 3e-3, label });
   } finally {
@@ -437,6 +479,8 @@ interface QkvCase {
   lora: [boolean, boolean, boolean];
   /** The KV caches' row that the position writes. */
   cacheRow: number;
+  /** The RMSNorm folded in (K2 = 0). */
+  norm?: FoldedNormCase;
 }
 
 const QKV_CASES: QkvCase[] = [
@@ -445,20 +489,43 @@ const QKV_CASES: QkvCase[] = [
   // The 8B row length and head size, LoRA of rank 64 on all three.
   { heads: 4, kvHeads: 1, D: 128, in: 4096, K2: 64, lora: [true, true, true], cacheRow: 7 },
   { heads: 2, kvHeads: 1, D: 128, in: 1024, K2: 0, lora: [false, false, false], cacheRow: 0 },
+  // The RMSNorm folded in: the 8B row length, a norm weight above 1, a residual near f16's range;
+  // teams of 32 with a small residual.
+  {
+    heads: 4,
+    kvHeads: 2,
+    D: 128,
+    in: 4096,
+    K2: 0,
+    lora: [false, false, false],
+    cacheRow: 2,
+    norm: { eps: 1e-5, xScale: 30000, wMax: 2.5 },
+  },
+  {
+    heads: 4,
+    kvHeads: 2,
+    D: 64,
+    in: 256,
+    K2: 0,
+    lora: [false, false, false],
+    cacheRow: 1,
+    norm: { eps: 1e-2, xScale: 0.05, wMax: 0.75 },
+  },
 ];
 
-/** q, k and v in one pass against float64 (q and k rotated), and within one f16 step of the three
- * separate products it replaces; nothing outside the outputs written, and nothing into the caches
- * for a position past them. */
+/** q, k and v in one pass against float64 (q and k rotated), and (without a folded norm) within one
+ * f16 step of the three separate products it replaces; nothing outside the outputs written, and
+ * nothing into the caches for a position past them. */
 async function runQkvCase(gpu: Gpu, c: QkvCase, seed: number): Promise<void> {
   const rng = new Rng(seed);
   const position = Math.floor(rng.next() * 131072);
   const label = `seed ${seed} qkv at ${position} ${JSON.stringify(c)}`;
   const rows = [c.heads * c.D, c.kvHeads * c.D, c.kvHeads * c.D];
-  const x = roundToF16(uniform(rng, c.in, 1));
+  const folded = c.norm ? await foldedNormInputs(gpu, rng, c.norm, c.in) : undefined;
+  const x = folded?.xw ?? roundToF16(uniform(rng, c.in, 1));
   const hosts = rows.map((r) => nf4QuantizeRef(Float32Array.from(uniform(rng, r * c.in, 0.1)), r, c.in));
   const ws = hosts.map((h) => nf4Upload(gpu, h, "matvec qkv test"));
-  const owned: GPUBuffer[] = [];
+  const owned: GPUBuffer[] = folded ? [folded.scaled.w, folded.norm.residual] : [];
   const keep = (b: GPUBuffer) => (owned.push(b), b);
   try {
     const scales = [0.5, 1.25, 2];
@@ -501,10 +568,11 @@ async function runQkvCase(gpu: Gpu, c: QkvCase, seed: number): Promise<void> {
       kCache: outs[1],
       vCache: outs[2],
       cacheRows,
+      norm: folded?.norm,
     };
     const enc = new Encoder(gpu, { label: "matvec qkv test" });
     await matvecQkv(enc, { ...args, position: positionAt(c.cacheRow) });
-    for (let i = 0; i < 3; i++) {
+    for (let i = 0; i < (folded ? 0 : 3); i++) {
       await matvec(enc, {
         w: { kind: "nf4", w: ws[i] },
         out: rows[i],
@@ -531,23 +599,25 @@ async function runQkvCase(gpu: Gpu, c: QkvCase, seed: number): Promise<void> {
         }
       }
       const got = Array.from(all).slice(off, off + rows[i]);
-      const alone = Array.from(await readAs(gpu, sep[i], "f16", off + rows[i])).slice(off);
-      // The same operations in the same order; a compiler may contract a multiply and an add into
-      // an fma in one entry and not the other, which moves a rounding by one f16 step (and a rotated
-      // value that cancels to near zero by a few f32 steps of its terms).
-      const floor = 2 ** -20 * rms(alone);
-      const diff = got.findIndex((g, e) =>
-        !(Math.abs(g - alone[e]) <= f16Step(Math.max(Math.abs(g), Math.abs(alone[e]))) + floor)
-      );
-      assert(
-        diff < 0,
-        `${label}: ${name}[${diff}] = ${got[diff]}, the separate product gives ${alone[diff]}`,
-      );
+      if (!folded) {
+        const alone = Array.from(await readAs(gpu, sep[i], "f16", off + rows[i])).slice(off);
+        // The same operations in the same order; a compiler may contract a multiply and an add into
+        // an fma in one entry and not the other, which moves a rounding by one f16 step (and a
+        // rotated value that cancels to near zero by a few f32 steps of its terms).
+        const floor = 2 ** -20 * rms(alone);
+        const diff = got.findIndex((g, e) =>
+          !(Math.abs(g - alone[e]) <= f16Step(Math.max(Math.abs(g), Math.abs(alone[e]))) + floor)
+        );
+        assert(
+          diff < 0,
+          `${label}: ${name}[${diff}] = ${got[diff]}, the separate product gives ${alone[diff]}`,
+        );
+      }
       const plain = roundToF16(matvecRef({
         w: nf4DequantRef(hosts[i], { f16: false }),
         out: rows[i],
         in: c.in,
-        x,
+        x: folded?.h ?? x,
         second: c.lora[i]
           ? { w: bs[i], x: u.slice(xOffsets[i], xOffsets[i] + c.K2), K: c.K2, alpha: scales[i] }
           : undefined,
@@ -581,6 +651,50 @@ await gpuTest("matvec: NF4 q, k and v in one pass vs float64 and vs the separate
   const odd = matvecQkvUnsupported(gpu.caps, { in: 128, headDim: 64, qRows: 64, kvRows: 64 });
   if (gpu.caps.f16) assert(odd?.includes("multiple of 256"), String(odd));
 });
+
+await gpuTest(
+  "matvec: an NF4 product into the residual stream writes the next norm's weighted input",
+  async (gpu) => {
+    const seed = testSeed();
+    const rng = new Rng(seed);
+    for (const [out, inDim, wMax] of [[4096, 1024, 2.5], [300, 96, 0.5]]) {
+      const label = `seed ${seed} nextNorm [${out}, ${inDim}] max |w| ${wMax}`;
+      const host = nf4QuantizeRef(Float32Array.from(uniform(rng, out * inDim, 0.1)), out, inDim);
+      const w = nf4Upload(gpu, host, "matvec nextNorm test");
+      const nw = roundToF16(uniform(rng, out, wMax));
+      const owned: GPUBuffer[] = [];
+      const keep = (b: GPUBuffer) => (owned.push(b), b);
+      try {
+        const raw = keep(uploadF16(gpu, nw));
+        const scaled = await scaleNormWeight(gpu, raw, out, label);
+        keep(scaled.w);
+        const x = keep(uploadF16(gpu, roundToF16(uniform(rng, inDim, 1))));
+        const y0 = roundToF16(uniform(rng, out, 3));
+        const [y, yPlain] = [0, 1].map(() => keep(uploadF16(gpu, y0)));
+        const xw = keep(createBuffer(gpu, (out + 4) * 2, "workspace", "xw"));
+        poison(gpu, xw, "f16");
+        const enc = new Encoder(gpu, { label });
+        const args = { w: { kind: "nf4", w } as const, out, in: inDim, x, yType: "f16" as const, beta: 1 };
+        await matvec(enc, { ...args, y, nextNorm: { w: scaled, xw } });
+        await matvec(enc, { ...args, y: yPlain });
+        await enc.submit();
+        const got = Array.from(await readAs(gpu, y, "f16", out));
+        const plain = Array.from(await readAs(gpu, yPlain, "f16", out));
+        const diff = got.findIndex((v, i) => v !== plain[i]);
+        assert(diff < 0, `${label}: y[${diff}] = ${got[diff]}, the plain product gives ${plain[diff]}`);
+        const ws = Array.from(await readAs(gpu, scaled.w, "f16", out));
+        const want = roundToF16(got.map((v, i) => v * ws[i]));
+        const all = Array.from(await readAs(gpu, xw, "f16", out + 4));
+        const bad = want.findIndex((v, i) => v !== all[i]);
+        assert(bad < 0, `${label}: xw[${bad}] = ${all[bad]}, expected f16(y · w) = ${want[bad]}`);
+        assert(all.slice(out).every(Number.isNaN), `${label}: xw written past its ${out} elements`);
+      } finally {
+        nf4Release(w);
+        for (const b of owned) b.destroy();
+      }
+    }
+  },
+);
 
 await gpuTest("matvec: shapes it cannot run are refused with the reason", async (gpu) => {
   const caps = gpu.caps;
