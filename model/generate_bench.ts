@@ -16,9 +16,8 @@
 import { createBuffer, releaseBuffer } from "../engine/buffers.ts";
 import type { Gpu } from "../engine/gpu.ts";
 import { formatProfile, profileGpu } from "../engine/profile.ts";
-import { timeGpu } from "../engine/timing.ts";
-import { scaleElements } from "../kernels/elementwise/elementwise.ts";
 import { type BenchContext, type BenchRow, gpuRow } from "../bench/harness.ts";
+import { shaderCopyGbps } from "../bench/shader_copy.ts";
 import { LLAMA31_8B } from "./config.ts";
 import { generateIds, KvCacheModel } from "./generate.ts";
 import { moduleShape, randomLlama } from "./llama.ts";
@@ -57,29 +56,12 @@ export function decodeCacheBytes(cfg: LlamaConfig, n: number): number {
   return cfg.numLayers * 2 * n * cfg.numKvHeads * cfg.headDim * 2;
 }
 
-/** GB/s (read + write bytes) of a copy through a compute shader (scaleElements by 1 from one f32
- * buffer into another), timed with the GPU kept busy. copyBufferToBuffer is no reference: Dawn's
- * Vulkan backend runs it at about 850 GB/s on an H100, under a third of what shaders move. */
-async function copyGbps(gpu: Gpu, quick: boolean): Promise<number> {
-  const n = Math.min(
-    quick ? 4 * 2 ** 20 : 2 ** 28,
-    Math.floor(gpu.caps.limits.maxStorageBufferBindingSize / 4),
-  );
-  const src = createBuffer(gpu, n * 4, "workspace", "copy src");
-  const dst = createBuffer(gpu, n * 4, "workspace", "copy dst");
-  try {
-    const t = await timeGpu(
-      gpu,
-      (enc) => scaleElements(enc, { x: src, out: dst, n, factor: 1, dtype: "f32" }),
-      {
-        warmupMs: quick ? 10 : 1000,
-      },
-    );
-    return (8 * n) / (t.ms * 1e-3) / 1e9;
-  } finally {
-    releaseBuffer(src);
-    releaseBuffer(dst);
-  }
+/** GB/s (read + write bytes) of a 1 GiB copy through a compute shader (bench/shader_copy.ts), timed
+ * with the GPU kept busy. copyBufferToBuffer is no reference: Dawn's Vulkan backend runs it at about
+ * 850 GB/s on an H100, under a third of what shaders move. */
+function copyGbps(gpu: Gpu, quick: boolean): Promise<number> {
+  const limit = Math.floor(gpu.caps.limits.maxStorageBufferBindingSize / 16) * 16;
+  return shaderCopyGbps(gpu, Math.min(quick ? 16 * 2 ** 20 : 2 ** 30, limit), quick ? 10 : 1000);
 }
 
 /** Median wall milliseconds of an empty submit answered by onSubmittedWorkDone, and of mapping a
