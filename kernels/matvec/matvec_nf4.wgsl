@@ -313,8 +313,15 @@ fn team_total(team: u32, slot: u32) -> f32 {
   return v * row_scale;
 }
 
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+// main's work for invocation li: its team's rows, the reduction, and for one invocation per row of
+// the workgroup (`has`) the value of row `o`, beta * y added.
+struct MainRow {
+  o: u32,
+  has: bool,
+  v: f32,
+}
+
+fn main_row(wg: vec3<u32>, li: u32) -> MainRow {
   load_tables(li);
   let rowsPerWg = (WG / TEAM) * RPT;
   let first = (wg.y * p.gx + wg.x) * rowsPerWg;
@@ -326,13 +333,19 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     acc = rows4(r, li % TEAM);
   }
   reduce_slices(li, acc);
-  // One invocation per row of the workgroup: row first + li is row li % RPT of team li / RPT.
-  let o = first + li;
-  if (li < rowsPerWg && o < p.OUT) {
-    var v = team_total(li / RPT, li % RPT);
-    if (p.beta != 0.0) { v += p.beta * f32(y[p.y_off + o]); }
-    y[p.y_off + o] = {{OUT}}(v);
+  // Row first + li is row li % RPT of team li / RPT.
+  var row = MainRow(first + li, li < rowsPerWg && first + li < p.OUT, 0.0);
+  if (row.has) {
+    row.v = team_total(li / RPT, li % RPT);
+    if (p.beta != 0.0) { row.v += p.beta * f32(y[p.y_off + row.o]); }
   }
+  return row;
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let row = main_row(wg, li);
+  if (row.has) { y[p.y_off + row.o] = {{OUT}}(row.v); }
 }
 
 // Entry `scaled` (see the top): the next norm's weight scaled (nwn) and the weighted copy (xw), f16 [OUT].
@@ -341,23 +354,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 
 @compute @workgroup_size(WG)
 fn scaled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  load_tables(li);
-  let rowsPerWg = (WG / TEAM) * RPT;
-  let first = (wg.y * p.gx + wg.x) * rowsPerWg;
-  let row0 = first + (li / TEAM) * RPT;
-  var acc = vec4<f32>(0.0);
-  if (row0 < p.OUT) {
-    let r = min(vec4<u32>(row0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.OUT - 1u));
-    acc = rows4(r, li % TEAM);
-  }
-  reduce_slices(li, acc);
-  let o = first + li;
-  if (li < rowsPerWg && o < p.OUT) {
-    var v = team_total(li / RPT, li % RPT);
-    if (p.beta != 0.0) { v += p.beta * f32(y[p.y_off + o]); }
-    let h = f16(v);
-    y[p.y_off + o] = {{OUT}}(h);
-    xw[o] = h * next_norm_w[o];
+  let row = main_row(wg, li);
+  if (row.has) {
+    let h = f16(row.v);
+    y[p.y_off + row.o] = {{OUT}}(h);
+    xw[row.o] = h * next_norm_w[row.o];
   }
 }
 
