@@ -9,8 +9,9 @@
 // Work split: a team of TEAM threads (a power of two, 32..256) computes RPT = 4 consecutive rows;
 // 256 / TEAM teams per workgroup. Thread t of a team owns the word pairs (2q, 2q + 1) of every row
 // for q = t, t + TEAM, ...: it reads those 64 elements of x once (as f16 pairs, divided by 4) and
-// keeps them in registers for its 4 rows, issues the 8 code-word loads of the 4 rows (32 contiguous bytes per row,
-// so a team reads whole contiguous spans of each row) before the arithmetic, and computes the block
+// keeps them in registers for its 4 rows, issues the 8 code-word loads of the 4 rows (32
+// contiguous bytes per row, so a team reads whole contiguous spans of each row) before the
+// arithmetic, and computes the block
 // scale once per pair where IN % 64 == 0 (both words in one block). Products in packed f16: each
 // code byte (two codes) decodes through a 256-entry table of f16 pairs in workgroup memory (the
 // codebook rounded to f16, NF4_F16), multiplies the matching pair of x in one vec2<f16> operation,
@@ -110,7 +111,7 @@ struct Params {
 
 /** Threads per team (one team per RPT rows): a power of two, 32..256. */
 override TEAM: u32 = 64u;
-/** qkv, swiglu: x is the residual stream and the products read its RMSNorm (see above). */
+/** qkv, swiglu: x holds the weighted residual row xw and the products read its RMSNorm (see above). */
 override NORMED: bool = false;
 
 const WG = 256u;
