@@ -67,11 +67,18 @@ const DYNMAP_ENTRIES = 256;
 /** Rows per team of the NF4 kernels. */
 const NF4_ROWS_PER_TEAM = 4;
 
-/** Threads per team of the NF4 kernels for rows of `inDim` elements: one thread per pair of code
- * words (64 elements), rounded up to a power of two in 32..256 (longer rows take several passes). */
+/** Threads per team of the NF4 kernels for rows of `inDim` elements: the largest power of two in
+ * 32..256 that is at most the row's pairs of code words (64 elements), so that no thread idles for a
+ * whole row and longer rows give a thread several pairs (8B shapes: 64 at in = 4096, 128 at 14336,
+ * where 256 left 32 of 256 threads idle and took 0.14 ms more per H100 decode step together with
+ * the SwiGLU team below; bench/NOTES.md). */
 export function nf4Team(inDim: number): number {
-  const pairs = Math.ceil(inDim / 64);
-  return Math.min(256, Math.max(32, 2 ** Math.ceil(Math.log2(Math.max(1, pairs)))));
+  return powerOfTwoTeam(Math.ceil(inDim / 64));
+}
+
+/** The largest power of two at most `units`, clamped to 32..256. */
+function powerOfTwoTeam(units: number): number {
+  return Math.min(256, Math.max(32, 2 ** Math.floor(Math.log2(Math.max(1, units)))));
 }
 
 /** Below this many output rows an f16 product spreads each row over more than 32 lanes. */
@@ -86,11 +93,11 @@ export function f16Lanes(out: number, inDim: number): number {
   return Math.min(256, Math.max(32, 2 ** Math.floor(Math.log2(Math.max(1, words / 2)))));
 }
 
-/** Threads per team of the NF4 swiglu entry, which gives each thread single code words (32
- * elements) of its rows: one per word, a power of two in 32..256. */
+/** Threads per team of the NF4 swiglu entry, which walks the code words (32 elements) of its rows
+ * one at a time: at least two words per thread, a power of two in 32..256 (64 at in = 4096; one
+ * word per thread was slower on the H100, bench/NOTES.md). */
 export function nf4SwigluTeam(inDim: number): number {
-  const words = Math.ceil(inDim / 32);
-  return Math.min(256, Math.max(32, 2 ** Math.ceil(Math.log2(Math.max(1, words)))));
+  return powerOfTwoTeam(Math.ceil(inDim / 32) / 2);
 }
 
 /** Output rows per workgroup of 256 invocations. */
