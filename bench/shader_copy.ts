@@ -10,6 +10,14 @@ import code from "./shader_copy.wgsl" with { type: "text" };
 
 const WORDS_PER_WORKGROUP = 256 * 8;
 
+/** Bytes the copy references move in each direction: 1 GiB (quick: 16 MiB), within what one buffer
+ * and one storage binding may hold on this device. */
+export function copyReferenceBytes(gpu: Gpu, quick: boolean): number {
+  const limits = gpu.caps.limits;
+  const limit = Math.min(limits.maxBufferSize, limits.maxStorageBufferBindingSize);
+  return Math.min(quick ? 16 * 2 ** 20 : 2 ** 30, Math.floor(limit / 16) * 16);
+}
+
 /** GB/s (bytes read plus bytes written) of copying `bytes` (a multiple of 16) from one buffer into
  * another through the shader, timed with the GPU kept busy (timeGpu). */
 export async function shaderCopyGbps(gpu: Gpu, bytes: number, warmupMs = 1000): Promise<number> {

@@ -17,7 +17,7 @@ import { createBuffer, releaseBuffer } from "../engine/buffers.ts";
 import type { Gpu } from "../engine/gpu.ts";
 import { formatProfile, profileGpu } from "../engine/profile.ts";
 import { type BenchContext, type BenchRow, gpuRow } from "../bench/harness.ts";
-import { shaderCopyGbps } from "../bench/shader_copy.ts";
+import { copyReferenceBytes, shaderCopyGbps } from "../bench/shader_copy.ts";
 import { LLAMA31_8B } from "./config.ts";
 import { generateIds, KvCacheModel } from "./generate.ts";
 import { moduleShape, randomLlama } from "./llama.ts";
@@ -60,8 +60,7 @@ export function decodeCacheBytes(cfg: LlamaConfig, n: number): number {
  * with the GPU kept busy. copyBufferToBuffer is no reference: Dawn's Vulkan backend runs it at about
  * 850 GB/s on an H100, under a third of what shaders move. */
 function copyGbps(gpu: Gpu, quick: boolean): Promise<number> {
-  const limit = Math.floor(gpu.caps.limits.maxStorageBufferBindingSize / 16) * 16;
-  return shaderCopyGbps(gpu, Math.min(quick ? 16 * 2 ** 20 : 2 ** 30, limit), quick ? 10 : 1000);
+  return shaderCopyGbps(gpu, copyReferenceBytes(gpu, quick), quick ? 10 : 1000);
 }
 
 /** Median wall milliseconds of an empty submit answered by onSubmittedWorkDone, and of mapping a

@@ -9,7 +9,7 @@ import { createBuffer, releaseBuffer, upload } from "../../engine/buffers.ts";
 import type { Gpu } from "../../engine/gpu.ts";
 import { timeGpu } from "../../engine/timing.ts";
 import { type BenchContext, type BenchRow, gpuRow } from "../../bench/harness.ts";
-import { shaderCopyGbps } from "../../bench/shader_copy.ts";
+import { copyReferenceBytes, shaderCopyGbps } from "../../bench/shader_copy.ts";
 import { castElements, ELEMENT_BYTES, type ElementType, residualAdd } from "./elementwise.ts";
 
 /** A buffer of n random 16-bit values of moderate size (bit patterns valid as f16 and bf16). */
@@ -47,8 +47,7 @@ async function copyMs(gpu: Gpu, src: GPUBuffer, dst: GPUBuffer, bytes: number, n
 }
 
 async function copyRow(gpu: Gpu, quick: boolean): Promise<BenchRow> {
-  const limit = Math.min(gpu.caps.limits.maxBufferSize, gpu.caps.limits.maxStorageBufferBindingSize);
-  const bytes = Math.min(quick ? 16 * 2 ** 20 : 2 ** 30, Math.floor(limit / 16) * 16);
+  const bytes = copyReferenceBytes(gpu, quick);
   const src = createBuffer(gpu, bytes, "workspace", "copy src");
   const dst = createBuffer(gpu, bytes, "workspace", "copy dst");
   let bufferMs: number;

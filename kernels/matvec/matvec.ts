@@ -19,9 +19,9 @@
 // rows before the arithmetic, and multiplies two codes at a time in packed f16 through a table of
 // code bytes in workgroup memory, summing four products in f16 before the f32 sums (see
 // matvec_nf4.wgsl for the rounding and why nothing overflows).
-// Fused forms for decoding, each saving dispatches (on an H100/H200 a dependent dispatch that spans
-// the GPU costs about 8-10 us beyond its memory traffic, and the host about 10-15 us to encode and
-// submit it): `matvec` with `rope` rotates the heads of a q or k projection at one position in the
+// Fused forms for decoding, each saving dispatches (on an H100 a dependent dispatch costs about 3 us
+// to launch, a read of 8-13 MB in one takes about 7 us, 2-3 times its traffic at full bandwidth, and
+// the host spends several us encoding and submitting it; bench/NOTES.md): `matvec` with `rope` rotates the heads of a q or k projection at one position in the
 // product's epilogue (NF4), `matvec` with `norm` (f16) reads the RMSNorm of its input, which every
 // workgroup computes for itself (the first one also writes it out for the products that follow),
 // `matvecSwiglu` computes the NF4 gate and up projections, with their LoRA up-projections, in one

@@ -9,22 +9,20 @@
 // Work split: a team of TEAM threads (a power of two, 32..256) computes RPT = 4 consecutive rows;
 // 256 / TEAM teams per workgroup. Thread t of a team owns the word pairs (2q, 2q + 1) of every row
 // for q = t, t + TEAM, ...: it reads those 64 elements of x once (as f16 pairs, divided by 4) and
-// keeps them in registers for its 4 rows, issues the 8 code-word loads of the 4 rows (32
-// contiguous bytes per row, so a team reads whole contiguous spans of each row) before the
-// arithmetic, and computes the block
-// scale once per pair where IN % 64 == 0 (both words in one block). Products in packed f16: each
-// code byte (two codes) decodes through a 256-entry table of f16 pairs in workgroup memory (the
-// codebook rounded to f16, NF4_F16), multiplies the matching pair of x in one vec2<f16> operation,
-// and four such products are summed in f16 before the f32 sums. x enters divided by 4 (exact but
-// for f16 subnormals) and the block scale is multiplied by 4 (exact), so no sum of four products
-// can overflow f16 for any finite x: |code| <= 1. Rounding: each product and partial sum to f16
-// (relative 2^-11 of the terms, the precision of an f16-dequantized weight), which halves the
-// instructions per weight against f32 products (H100 decode step: bench/NOTES.md). The absmax codes
-// decode through the dynamic map in workgroup memory. f32 partial sums of the 4 rows as one vec4,
-// reduced through workgroup memory: a tree within each 32 invocations, then the team's TEAM / 32
-// sums in order.
-// Rows past OUT load row OUT - 1 and are never written; every
-// load is in bounds. beta 0 never reads y.
+// keeps them in registers for its 4 rows, issues the 8 code-word loads of the 4 rows (32 contiguous
+// bytes per row, so a team reads whole contiguous spans of each row) before the arithmetic, and
+// computes the block scale once per pair where IN % 64 == 0 (both words in one block). Products in
+// packed f16: each code byte (two codes) decodes through a 256-entry table of f16 pairs in
+// workgroup memory (the codebook rounded to f16, NF4_F16), multiplies the matching pair of x in one
+// vec2<f16> operation, and four such products are summed in f16 before the f32 sums. x enters
+// divided by 4 (exact but for f16 subnormals) and the block scale is multiplied by 4 (exact), so no
+// sum of four products can overflow f16 for any finite x: |code| <= 1. Rounding: each product and
+// partial sum to f16 (relative 2^-11 of the terms, the precision of an f16-dequantized weight),
+// which halves the instructions per weight against f32 products (H100 decode step: bench/NOTES.md).
+// The absmax codes decode through the dynamic map in workgroup memory. f32 partial sums of the 4
+// rows as one vec4, reduced through workgroup memory: a tree within each 32 invocations, then the
+// team's TEAM / 32 sums in order. Rows past OUT load row OUT - 1 and are never written; every load
+// is in bounds. beta 0 never reads y.
 //
 // Entry `qkv`: the q, k and v projections of an attention layer at one position in one pass, q and
 // k with their rotary embedding (as `rope`), k and v into their KV-cache rows:
