@@ -61,6 +61,13 @@ var<workgroup> Cs: array<{{ACC}}, 1024>; // one 16x16 fragment per subgroup for 
 // workgroup memory with row stride inner + PAD, contiguous dimension innermost.
 const VECS = 4u; // vectors of each tile per invocation: 128 * 32 / 8 / 128
 
+// Row and first column of vector v in a staged tile whose rows are `inner` halves (rows of BK
+// halves: slot32, appended by the launcher, which spreads each 16-byte store over the banks).
+fn slot(v: u32, inner: u32) -> vec2<u32> {
+  if (inner == BK) { return slot32(v); }
+  return vec2<u32>(v / (inner / 8u), (v % (inner / 8u)) * 8u);
+}
+
 // Elements of K that the product's own steps cover (the low-rank steps come first, L of them).
 fn mainSteps() -> u32 {
   return ((p.K + BK - 1u) / BK) * BK;
@@ -76,14 +83,16 @@ fn scaled(w: vec4<u32>) -> vec4<u32> {
 // Vector v of the low-rank step at column j0 of U (row j0 of F): U's tile as A's, F's as B's.
 fn fetchLow(isA: bool, v: u32, m0: u32, n0: u32, j0: u32) -> vec4<u32> {
   if (isA) {
-    let o = v / (BK / 8u);
-    let i = (v % (BK / 8u)) * 8u;
+    let at = slot32(v);
+    let o = at.x;
+    let i = at.y;
     if (m0 + o < p.M && j0 + i < p.R) { return u[((m0 + o) * p.R + j0 + i) / 8u]; }
     return vec4<u32>(0u);
   }
   if (B_TRANS) {
-    let o = v / (BK / 8u);
-    let i = (v % (BK / 8u)) * 8u;
+    let at = slot32(v);
+    let o = at.x;
+    let i = at.y;
     if (n0 + o < p.N && j0 + i < p.R) { return scaled(f[((n0 + o) * p.R + j0 + i) / 8u]); }
     return vec4<u32>(0u);
   }
@@ -100,8 +109,9 @@ fn fetch(isA: bool, v: u32, m0: u32, n0: u32, k0: u32) -> vec4<u32> {
   let inner0 = select(select(n0, k0, B_TRANS), select(k0, m0, A_TRANS), isA);
   let outerLen = select(select(p.K, p.N, B_TRANS), select(p.M, p.K, A_TRANS), isA);
   let rowLen = select(select(p.N, p.K, B_TRANS), select(p.K, p.M, A_TRANS), isA);
-  let o = v / (inner / 8u);
-  let i = (v % (inner / 8u)) * 8u;
+  let at = slot(v, inner);
+  let o = at.x;
+  let i = at.y;
   if (outer0 + o < outerLen && inner0 + i < rowLen) {
     let g = ((outer0 + o) * rowLen + inner0 + i) / 8u;
     if (isA) { return a[g]; }
@@ -112,7 +122,8 @@ fn fetch(isA: bool, v: u32, m0: u32, n0: u32, k0: u32) -> vec4<u32> {
 
 fn put(isA: bool, v: u32, w: vec4<u32>) {
   let inner = select(select(BN, BK, B_TRANS), select(BK, BM, A_TRANS), isA);
-  let s = (v / (inner / 8u)) * (inner + PAD) + (v % (inner / 8u)) * 8u;
+  let at = slot(v, inner);
+  let s = at.x * (inner + PAD) + at.y;
   let h0 = bitcast<vec2<f16>>(w.x);
   let h1 = bitcast<vec2<f16>>(w.y);
   let h2 = bitcast<vec2<f16>>(w.z);

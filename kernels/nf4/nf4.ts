@@ -40,7 +40,7 @@ import {
 } from "../../engine/buffers.ts";
 import { type Binding, bindingBytes, Encoder, workgroupGrid } from "../../engine/encoder.ts";
 import type { Capabilities, Gpu } from "../../engine/gpu.ts";
-import { hasTensorCores, matmul } from "../matmul/matmul.ts";
+import { hasTensorCores, matmul, SLOT32_WGSL } from "../matmul/matmul.ts";
 import {
   NF4_BLOCK,
   NF4_CODEBOOK,
@@ -73,7 +73,7 @@ export const NF4_F16_WGSL = `\nconst NF4_F16 = array<f16, 16>(${
 const TILED = { file: "kernels/nf4/nf4_matmul_tiled.wgsl", code: tiledCode + NF4_CODEBOOK_WGSL };
 const SUBGROUP_MATRIX = {
   file: "kernels/nf4/nf4_matmul_subgroup_matrix.wgsl",
-  code: subgroupMatrixCode + NF4_CODEBOOK_WGSL,
+  code: subgroupMatrixCode + NF4_CODEBOOK_WGSL + SLOT32_WGSL,
 };
 const DEQUANTIZE = { file: "kernels/nf4/nf4_dequantize.wgsl", code: dequantizeCode + NF4_CODEBOOK_WGSL };
 

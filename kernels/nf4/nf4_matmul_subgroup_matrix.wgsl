@@ -1,17 +1,18 @@
 // Tensor-core NF4 dequant-matmul on subgroup matrices (f16 x f16 -> f32, 16x16x16 fragments).
 //   C[M,N] = alpha * (A[M,K] · B[K,N] + s * U[M,R] · F[R,N]) + beta * C[M,N]
-// Operands, the low-rank term and W_TRANS as in nf4_matmul_tiled.wgsl; R % 8 == 0. A (f16 activations [M,K]) is staged 8 halves
-// at a time, so K must be a multiple of 8; the weight is staged one code word (8 consecutive
-// elements of a row of W, all in one 64-block) at a time, so IN must be a multiple of 8.
-// A workgroup of 8 subgroups of 32 computes a 256x128 tile of C, each subgroup 64x64 (4x4
-// fragments), over K in steps of 32. Both tiles sit in workgroup memory K-innermost (As [m][k],
-// Bs [n][k], row stride 40 halves), so every fragment loads in its native layout. Each W tile is
-// dequantized there as f16 (the weight is never whole in memory), two elements per lookup of a
-// code-byte table; with W_TRANS false (dX = dY W) the tile is transposed on the way, the 32
-// lanes of a subgroup taking 32 consecutive k. The reads of K step k + 1 (A vectors, code words
-// and their block scales) are in flight while the products of step k run. The low-rank term runs
-// as ceil(R / 32) more K steps on the same accumulators: U tiles staged as A tiles, F tiles
-// (times s, as f16) placed as the W words would be.
+// Operands, the low-rank term and W_TRANS as in nf4_matmul_tiled.wgsl; R % 8 == 0. A (f16
+// activations [M,K]) is staged 8 halves at a time, so K must be a multiple of 8; the weight is
+// staged one code word (8 consecutive elements of a row of W, all in one 64-block) at a time, so IN
+// must be a multiple of 8. A workgroup of 8 subgroups of 32 computes a 256x128 tile of C, each
+// subgroup 64x64 (4x4 fragments), over K in steps of 32. Both tiles sit in workgroup memory
+// K-innermost (As [m][k], Bs [n][k], row stride 40 halves, vectors placed by slot32 from the
+// launcher), so every fragment loads in its native layout. Each W tile is dequantized there as f16
+// (the weight is never whole in memory), two elements per lookup of a code-byte table; with W_TRANS
+// false (dX = dY W) the tile is transposed on the way, the 32 lanes of a subgroup taking 32
+// consecutive k. The reads of K step k + 1 (A vectors, code words and their block scales) are in
+// flight while the products of step k run. The low-rank term runs as ceil(R / 32) more K steps on
+// the same accumulators: U tiles staged as A tiles, F tiles (times s, as f16) placed as the W words
+// would be.
 // Other edges are ragged: rows and K beyond the matrix read as zero and are never written.
 enable f16;
 enable subgroups;
@@ -46,22 +47,25 @@ var<workgroup> dmap: array<f32, 256>;
 
 // A tile [BM x BK]: 1024 vectors of 8 halves, 4 per invocation.
 fn fetchA(v: u32, m0: u32, k0: u32) -> vec4<u32> {
-  let o = v / 4u;
-  let i = (v % 4u) * 8u;
+  let at = slot32(v);
+  let o = at.x;
+  let i = at.y;
   if (m0 + o < p.M && k0 + i < p.K) { return a[((m0 + o) * p.K + k0 + i) / 8u]; }
   return vec4<u32>(0u);
 }
 
 // The U tile [BM x BK] of the low-rank step at column j0 of U, as fetchA.
 fn fetchU(v: u32, m0: u32, j0: u32) -> vec4<u32> {
-  let o = v / 4u;
-  let i = (v % 4u) * 8u;
+  let at = slot32(v);
+  let o = at.x;
+  let i = at.y;
   if (m0 + o < p.M && j0 + i < p.R) { return u[((m0 + o) * p.R + j0 + i) / 8u]; }
   return vec4<u32>(0u);
 }
 
 fn putA(v: u32, w: vec4<u32>) {
-  let s = (v / 4u) * STRIDE + (v % 4u) * 8u;
+  let at = slot32(v);
+  let s = at.x * STRIDE + at.y;
   let h0 = bitcast<vec2<f16>>(w.x);
   let h1 = bitcast<vec2<f16>>(w.y);
   let h2 = bitcast<vec2<f16>>(w.z);
@@ -84,8 +88,9 @@ struct WordFetch {
 // Returns (row of W, first column, first Bs offset, Bs step between the 8 elements).
 fn wordPlace(v: u32, n0: u32, k0: u32) -> vec4<u32> {
   if (W_TRANS) {
-    let r = v / 4u;
-    let cc = (v % 4u) * 8u;
+    let at = slot32(v);
+    let r = at.x;
+    let cc = at.y;
     return vec4<u32>(n0 + r, k0 + cc, r * STRIDE + cc, 1u);
   }
   let k = v % BK;
