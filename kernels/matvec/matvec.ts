@@ -19,18 +19,19 @@
 // rows before the arithmetic, and multiplies two codes at a time in packed f16 through a table of
 // code bytes in workgroup memory, summing four products in f16 before the f32 sums (see
 // matvec_nf4.wgsl for the rounding and why nothing overflows).
-// Fused forms for decoding, each saving dispatches (on an H100 a dependent dispatch costs about 3 us
-// to launch, a read of 8-13 MB in one takes about 7 us, 2-3 times its traffic at full bandwidth, and
-// the host spends several us encoding and submitting it; bench/NOTES.md): `matvec` with `rope` rotates the heads of a q or k projection at one position in the
-// product's epilogue (NF4), `matvec` with `norm` (f16) reads the RMSNorm of its input, which every
-// workgroup computes for itself (the first one also writes it out for the products that follow),
-// `matvecSwiglu` computes the NF4 gate and up projections, with their LoRA up-projections, in one
-// pass over x and writes silu(gate) · up, and `matvecQkv` computes the NF4 q, k and v projections in
-// one pass, q and k rotated, k and v into their cache rows (its absmax codes, nested scales and maps
-// stacked once by `stackQkvTables`). Both take the RMSNorm of a residual row in the products by
-// linearity (`norm`, without LoRA): they read the row times a scaled norm weight, which the NF4
-// product that added into the row wrote beside it (`matvec` with `nextNorm`), reduce its sum of
-// squares with the row sums and apply one factor at the end, so the norm takes no dispatch.
+// Fused forms for decoding, each saving dispatches (on an H100 a dependent dispatch costs about 3
+// us to launch, a read of 8-13 MB in one takes about 7 us, 2-3 times its traffic at full bandwidth,
+// and the host spends several us encoding and submitting it; bench/NOTES.md): `matvec` with `rope`
+// rotates the heads of a q or k projection at one position in the product's epilogue (NF4),
+// `matvec` with `norm` (f16) reads the RMSNorm of its input, which every workgroup computes for
+// itself (the first one also writes it out for the products that follow), `matvecSwiglu` computes
+// the NF4 gate and up projections, with their LoRA up-projections, in one pass over x and writes
+// silu(gate) · up, and `matvecQkv` computes the NF4 q, k and v projections in one pass, q and k
+// rotated, k and v into their cache rows (its absmax codes, nested scales and maps stacked once by
+// `stackQkvTables`). Both take the RMSNorm of a residual row in the products by linearity (`norm`,
+// without LoRA): they read the row times a scaled norm weight, which the NF4 product that added
+// into the row wrote beside it (`matvec` with `nextNorm`), reduce its sum of squares with the row
+// sums and apply one factor at the end, so the norm takes no dispatch.
 // Variants:
 //   "subgroup"   reduction with subgroupAdd (adapters with subgroups of 4..32 invocations); f16 only
 //   "workgroup"  portable: a workgroup-memory tree reduction. The only NF4 variant: a subgroup
@@ -89,8 +90,7 @@ const F16_FEW_ROWS = 2048;
  * spread over many workgroups, each lane keeping at least two 16-byte words. */
 export function f16Lanes(out: number, inDim: number): number {
   if (out >= F16_FEW_ROWS) return 32;
-  const words = inDim / 8;
-  return Math.min(256, Math.max(32, 2 ** Math.floor(Math.log2(Math.max(1, words / 2)))));
+  return powerOfTwoTeam(inDim / 8 / 2);
 }
 
 /** Threads per team of the NF4 swiglu entry, which walks the code words (32 elements) of its rows
